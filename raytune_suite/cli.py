@@ -1,0 +1,131 @@
+"""The ``raytune-suite`` command line.
+
+User mistakes (a bad experiment file, an unknown experiment) print one line per
+mistake and exit with status 2, before Ray or MLflow start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Optional, Sequence
+
+from raytune_suite.errors import SpecError
+
+EXIT_USER_ERROR = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="raytune-suite",
+        description="Hyperparameter search for PyTorch models: experiment file -> Ray Tune -> MLflow.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def add_set(sp):
+        sp.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="FIELD=VALUE", help="override a field, e.g. search.num_samples=8")
+
+    run = sub.add_parser("run", help="run an experiment file")
+    run.add_argument("file")
+    run.add_argument("--address", help="Ray cluster: auto or HOST:PORT (default: embedded Ray)")
+    run.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
+    add_set(run)
+
+    val = sub.add_parser("validate", help="check an experiment file; start nothing")
+    val.add_argument("file")
+    add_set(val)
+
+    res = sub.add_parser("resume", help="finish an interrupted experiment")
+    res.add_argument("experiment", help="a results folder, or a name under ./ray_results")
+    res.add_argument("--address")
+
+    best = sub.add_parser("best", help="best config, metric and checkpoint of an experiment")
+    best.add_argument("experiment")
+    best.add_argument("--json", action="store_true", help="machine-readable output")
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return _COMMANDS[args.command](args)
+    except SpecError as e:
+        for line in str(e).splitlines():
+            print(f"error: {line}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _validate(args) -> int:
+    from raytune_suite.spec import load_spec
+
+    spec, _ = load_spec(args.file, args.overrides)
+    print(f"{args.file}: ok ({spec.search.algorithm} search, {spec.scheduler.type} scheduler, "
+          f"{len(list(spec.search_space.leaves()))} searched hyperparameters)")
+    return 0
+
+
+def _run(args) -> int:
+    from raytune_suite.spec import load_spec
+
+    spec, raw = load_spec(args.file, args.overrides)
+    from raytune_suite.runner import run_experiment
+
+    _print_outcome(run_experiment(spec, raw, address=args.address,
+                                  use_mlflow=not args.no_mlflow))
+    return 0
+
+
+def _resume(args) -> int:
+    from raytune_suite.runner import resume_experiment
+
+    _print_outcome(resume_experiment(args.experiment, address=args.address))
+    return 0
+
+
+def _print_outcome(outcome) -> None:
+    from raytune_suite.report import leaderboard
+    from raytune_suite.runner import mlflow_hint
+
+    spec = outcome.spec
+    print()
+    print(f"{spec.name}: {len(outcome.trials)} trials, {outcome.errors} errored; "
+          f"top {min(5, len(outcome.trials))} by {spec.metric} ({spec.mode}):")
+    print(leaderboard(outcome.trials, spec.metric))
+    print(f"\nresults: {outcome.path}")
+    print(f"best:    raytune-suite best {outcome.path}")
+    if outcome.tracking_uri:
+        print(f"mlflow:  {mlflow_hint(outcome.tracking_uri)}")
+
+
+def _best(args) -> int:
+    from raytune_suite.runner import load_outcome
+
+    outcome = load_outcome(args.experiment)
+    best = outcome.best
+    if best is None:
+        raise SpecError("EXPERIMENT", f"has no trial with a finite {outcome.spec.metric}",
+                        outcome.path)
+    payload = {"experiment": outcome.path, "metric": outcome.spec.metric,
+               "mode": outcome.spec.mode, "value": best.best, "trial_id": best.trial_id,
+               "epochs": best.epochs, "config": best.config, "checkpoint": best.checkpoint}
+    if args.json:
+        print(json.dumps(payload, indent=2, default=str))
+    else:
+        print(f"best trial:  {best.trial_id} ({best.epochs} epochs)")
+        print(f"{outcome.spec.metric}: {best.best:.6g}")
+        print("config:")
+        for k, v in best.config.items():
+            print(f"  {k}: {v}")
+        print(f"checkpoint:  {best.checkpoint}")
+    return 0
+
+
+_COMMANDS = {"run": _run, "validate": _validate, "resume": _resume, "best": _best}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

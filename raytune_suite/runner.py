@@ -1,0 +1,206 @@
+"""The one place the pieces meet: spec -> Tuner -> fit/restore -> MLflow -> summary."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from raytune_suite import algorithms
+from raytune_suite.errors import SpecError
+from raytune_suite.report import TrialSummary, summarize
+from raytune_suite.spec import ExperimentSpec, validate
+from raytune_suite.trainables import BUILTIN, resolve_trainable
+
+logger = logging.getLogger(__name__)
+
+SPEC_FILE = "raytune_suite.yaml"  # the experiment file as run (after --set)
+STATE_FILE = "raytune_suite.json"  # tracking URI and parent run of the search
+
+
+@dataclass
+class Outcome:
+    """What a finished (or resumed) search found."""
+
+    spec: ExperimentSpec
+    path: str
+    trials: list[TrialSummary]
+    errors: int
+    tracking_uri: Optional[str]
+
+    @property
+    def best(self) -> Optional[TrialSummary]:
+        return self.trials[0] if self.trials and self.trials[0].best is not None else None
+
+
+def resolve_experiment(ref: str, storage: str = "./ray_results") -> Path:
+    """An experiment given by path, or by name under the default storage."""
+    candidates = [Path(ref), Path(storage) / ref]
+    for c in candidates:
+        if (c / SPEC_FILE).is_file():
+            return c.resolve()
+    raise SpecError("EXPERIMENT", f"must be an experiment folder or a name under {storage} "
+                                  f"(no {SPEC_FILE} found)", ref)
+
+
+def _trainable(spec: ExperimentSpec):
+    from ray import tune
+
+    fn = resolve_trainable(spec.trainable)
+    if spec.trainable in BUILTIN:
+        fn = tune.with_parameters(fn, checkpoint_every=spec.checkpoint.every)
+    return tune.with_resources(fn, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
+
+
+def build_tuner(spec: ExperimentSpec, callbacks: list):
+    """The ``tune.Tuner`` an experiment file describes."""
+    from ray import tune
+
+    tune_config = tune.TuneConfig(
+        metric=spec.metric,
+        mode=spec.mode,
+        search_alg=algorithms.make_searcher(spec),
+        scheduler=algorithms.make_scheduler(spec),
+        num_samples=spec.search.num_samples,
+        max_concurrent_trials=spec.search.max_concurrent,
+        # A fresh worker process per trial costs ~2 s here; trials clean their own state.
+        reuse_actors=True,
+        time_budget_s=spec.stop.time_budget_s,
+    )
+    storage = spec.storage if "://" in spec.storage else str(Path(spec.storage).resolve())
+    run_config = tune.RunConfig(
+        name=spec.name,
+        storage_path=storage,
+        stop={"training_iteration": spec.max_t} if spec.max_t else None,
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=spec.checkpoint.keep),
+        failure_config=tune.FailureConfig(max_failures=spec.failure.max_failures),
+        callbacks=callbacks,
+        verbose=1,
+    )
+    return tune.Tuner(_trainable(spec), param_space=algorithms.param_space(spec),
+                      tune_config=tune_config, run_config=run_config)
+
+
+def init_ray(address: Optional[str]) -> None:
+    """Connect to a cluster, or start embedded Ray with all local CPUs and GPUs."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True,
+             **({} if address else {"include_dashboard": False}))
+
+
+def run_experiment(spec: ExperimentSpec, raw: dict[str, Any], address: Optional[str] = None,
+                   use_mlflow: bool = True) -> Outcome:
+    """Run a validated experiment to the end.
+
+    Args:
+        spec: the validated experiment.
+        raw: the mapping ``spec`` was built from; saved beside the results for resume.
+        address: a Ray cluster (``auto``, ``HOST:PORT``); None starts embedded Ray.
+        use_mlflow: log to MLflow (``tracking.mlflow.enabled`` must also be true).
+    """
+    path = Path(spec.experiment_path)
+    if "://" not in spec.storage and path.exists() and any(path.iterdir()):
+        raise SpecError("name", f"an experiment already exists at {path}; resume it with "
+                                f"`raytune-suite resume {path}` or pick another name "
+                                "(--set name=...)", spec.name)
+    uri = _tracking_uri(spec) if use_mlflow else None
+    init_ray(address)
+    path.mkdir(parents=True, exist_ok=True)
+    (path / SPEC_FILE).write_text(yaml.safe_dump(raw, sort_keys=False))
+    state: dict[str, Any] = {"tracking_uri": uri, "parent_run_id": None}
+    callbacks = []
+    if uri:
+        from raytune_suite import tracking
+
+        state["parent_run_id"] = tracking.start_search_run(
+            uri, spec.mlflow_experiment, f"{spec.name}-search", str(path), path / SPEC_FILE,
+            params={"searcher": spec.search.algorithm, "scheduler": spec.scheduler.type,
+                    "num_samples": spec.search.num_samples, "metric": spec.metric,
+                    "mode": spec.mode, "trainable": spec.trainable})
+        callbacks.append(tracking.TrialRunsCallback(uri, spec.mlflow_experiment,
+                                                    state["parent_run_id"], spec.max_t))
+    (path / STATE_FILE).write_text(json.dumps(state))
+    tuner = build_tuner(spec, callbacks)
+    return _fit_and_finish(spec, tuner, path, state)
+
+
+def resume_experiment(ref: str, address: Optional[str] = None) -> Outcome:
+    """Restore an interrupted experiment (``Tuner.restore``) and finish it."""
+    from ray import tune
+
+    path = resolve_experiment(ref)
+    raw = yaml.safe_load((path / SPEC_FILE).read_text())
+    spec = validate(raw)
+    state = json.loads((path / STATE_FILE).read_text())
+    if not tune.Tuner.can_restore(str(path)):
+        raise SpecError("EXPERIMENT", "has no Ray Tune state to restore (it never started)",
+                        str(path))
+    init_ray(address)
+    if state.get("parent_run_id"):
+        from raytune_suite import tracking
+
+        tracking.reopen_run(state["tracking_uri"], state["parent_run_id"])
+    tuner = tune.Tuner.restore(str(path), trainable=_trainable(spec),
+                               resume_unfinished=True, resume_errored=True)
+    return _fit_and_finish(spec, tuner, path, state)
+
+
+def _fit_and_finish(spec: ExperimentSpec, tuner, path: Path, state: dict) -> Outcome:
+    uri, parent = state.get("tracking_uri"), state.get("parent_run_id")
+    try:
+        results = tuner.fit()
+    except BaseException:
+        if parent:
+            from raytune_suite import tracking
+
+            tracking.finish_search_run(uri, parent, None, status="KILLED")
+        raise
+    searched = [p for p, _ in spec.search_space.leaves()]
+    trials = summarize(results, spec.metric, spec.mode, searched)
+    outcome = Outcome(spec, str(path), trials, len(results.errors), uri)
+    if parent:
+        from raytune_suite import tracking
+
+        best = outcome.best
+        tracking.finish_search_run(uri, parent, best and {
+            "metric": spec.metric, "value": best.best, "trial_id": best.trial_id,
+            "checkpoint": best.checkpoint, "config": best.config})
+    return outcome
+
+
+def load_outcome(ref: str) -> Outcome:
+    """Summarise a finished experiment from its results folder (no Ray needed)."""
+    from ray.tune import ExperimentAnalysis, ResultGrid
+
+    path = resolve_experiment(ref)
+    spec = validate(yaml.safe_load((path / SPEC_FILE).read_text()))
+    state = json.loads((path / STATE_FILE).read_text())
+    analysis = ExperimentAnalysis(str(path), default_metric=spec.metric, default_mode=spec.mode)
+    results = ResultGrid(analysis)
+    searched = [p for p, _ in spec.search_space.leaves()]
+    trials = summarize(results, spec.metric, spec.mode, searched)
+    return Outcome(spec, str(path), trials, len(results.errors), state.get("tracking_uri"))
+
+
+def _tracking_uri(spec: ExperimentSpec) -> Optional[str]:
+    if not spec.tracking.mlflow.enabled:
+        return None
+    from raytune_suite.tracking import resolve_tracking_uri
+
+    return resolve_tracking_uri(spec.tracking.mlflow.tracking_uri)
+
+
+def mlflow_hint(uri: Optional[str]) -> str:
+    if not uri:
+        return ""
+    from raytune_suite.tracking import ui_command
+
+    return ui_command(uri)
+

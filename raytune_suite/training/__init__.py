@@ -1,0 +1,1 @@
+"""The PyTorch side: data, models, training loop, checkpoints. Importable without Ray."""
