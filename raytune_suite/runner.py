@@ -70,6 +70,7 @@ def build_tuner(spec: ExperimentSpec, callbacks: list):
         # A fresh worker process per trial costs ~2 s here; trials clean their own state.
         reuse_actors=True,
         time_budget_s=spec.stop.time_budget_s,
+        trial_dirname_creator=trial_dirname,
     )
     storage = spec.storage if "://" in spec.storage else str(Path(spec.storage).resolve())
     run_config = tune.RunConfig(
@@ -85,6 +86,17 @@ def build_tuner(spec: ExperimentSpec, callbacks: list):
                       tune_config=tune_config, run_config=run_config)
 
 
+def trial_dirname(trial) -> str:
+    """``train_classifier_1a2b3c4d`` instead of Ray's config-laden folder names."""
+    return f"{trial.trainable_name}_{trial.trial_id}"
+
+
+def quiet_worker_logs() -> None:
+    """Runs in every worker (``worker_process_setup_hook``): one INFO line per saved
+    checkpoint drowns the progress table, so Ray's storage logger keeps to warnings."""
+    logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
+
+
 def init_ray(address: Optional[str]) -> None:
     """Connect to a cluster, or start embedded Ray with all local CPUs and GPUs."""
     import ray
@@ -92,6 +104,8 @@ def init_ray(address: Optional[str]) -> None:
     if ray.is_initialized():
         return
     ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True,
+             runtime_env={"worker_process_setup_hook":
+                          "raytune_suite.runner.quiet_worker_logs"},
              **({} if address else {"include_dashboard": False}))
 
 

@@ -196,7 +196,29 @@ def validate(raw: dict) -> ExperimentSpec:
     from raytune_suite.trainables import resolve_trainable
 
     resolve_trainable(spec.trainable)  # a bad import path is a spec error too
+    if spec.trainable == "classifier":
+        _check_classifier_config(spec)
     return spec
+
+
+def _check_classifier_config(spec: ExperimentSpec) -> None:
+    """The built-in trainable's keys and fixed values are checked before Ray starts."""
+    from raytune_suite.training.config import ClassifierConfig
+
+    valid = list(ClassifierConfig.model_fields)
+    for section, keys in (("search_space", [k for k, _ in spec.search_space.entries]),
+                          ("config", list(spec.config))):
+        for key in keys:
+            if key not in valid:
+                raise SpecError(f"{section}.{key}", "unknown key for the classifier trainable; "
+                                f"valid keys are {', '.join(valid)}", key)
+    searched = {k for k, _ in spec.search_space.entries}
+    fixed = {k: v for k, v in spec.config.items() if k not in searched}
+    try:
+        ClassifierConfig.model_validate(fixed)
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise _convert(dict(err, loc=("config", *err["loc"])), fixed) from None
 
 
 def _check_consistency(spec: ExperimentSpec) -> None:
@@ -310,6 +332,7 @@ _RULES = {
     "dict_type": "must be a mapping",
     "model_type": "must be a mapping",
     "finite_number": "must be a finite number",
+    "string_too_short": "must not be empty",
 }
 
 

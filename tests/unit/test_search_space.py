@@ -1,0 +1,120 @@
+"""Search-space entries -> Ray Tune domains, HyperOpt spaces and PBT mutations."""
+
+import random
+
+import pytest
+from ray import tune
+from ray.tune.search.hyperopt import HyperOptSearch
+from ray.tune.search.sample import Categorical, Float, Integer
+
+from raytune_suite import algorithms
+from raytune_suite.search_space import parse
+from raytune_suite.spec import validate
+
+SPACE = {
+    "lr": {"loguniform": [1e-4, 1e-1]},
+    "wd": {"qloguniform": [1e-6, 1e-2, 1e-6]},
+    "dropout": {"uniform": [0.0, 0.5]},
+    "width": {"quniform": [0.25, 1.0, 0.25]},
+    "layers": {"randint": [1, 4]},
+    "noise": {"normal": [0.0, 0.1]},
+    "batch_size": {"choice": [32, 64]},
+    "optimizer": {"choice": [
+        {"name": "sgd", "momentum": {"uniform": [0.8, 0.99]}},
+        {"name": "adam"},
+    ]},
+    "schedule": {"gamma": {"uniform": [0.1, 0.5]}},  # a namespace
+}
+
+
+def test_every_domain_converts():
+    tuned = parse(SPACE).to_tune()
+    assert isinstance(tuned["lr"], Float) and tuned["lr"].lower == 1e-4
+    assert isinstance(tuned["layers"], Integer) and (tuned["layers"].lower,
+                                                     tuned["layers"].upper) == (1, 4)
+    assert isinstance(tuned["batch_size"], Categorical)
+    assert tuned["batch_size"].categories == [32, 64]
+    assert isinstance(tuned["schedule"]["gamma"], Float)
+    sgd = tuned["optimizer"].categories[0]
+    assert sgd["name"] == "sgd" and isinstance(sgd["momentum"], Float)
+
+
+def test_samples_stay_in_range():
+    tuned = parse(SPACE).to_tune()
+    random.seed(0)
+    for _ in range(200):
+        assert 1e-4 <= tuned["lr"].sample() <= 1e-1
+        assert tuned["width"].sample() in (0.25, 0.5, 0.75, 1.0)
+        assert tuned["layers"].sample() in (1, 2, 3)
+
+
+def test_conditional_space_converts_to_hyperopt_and_samples_branches():
+    """A choice of mappings works with HyperOpt: momentum only on the sgd branch."""
+    import hyperopt
+
+    hp_space = HyperOptSearch.convert_search_space(parse(SPACE).to_tune())
+    names = set()
+    for seed in range(30):
+        sample = hyperopt.pyll.stochastic.sample(hp_space, rng=__import__("numpy").random
+                                                 .default_rng(seed))
+        opt = sample["optimizer"]
+        names.add(opt["name"])
+        assert ("momentum" in opt) == (opt["name"] == "sgd")
+        if "momentum" in opt:
+            assert 0.8 <= opt["momentum"] <= 0.99
+    assert names == {"sgd", "adam"}
+
+
+def test_grid_searcher_enumerates_choices():
+    spec = validate({"name": "g", "trainable": "classifier", "config": {"dataset": "iris"},
+                     "metric": "val_accuracy", "mode": "max", "search": {"algorithm": "grid"},
+                     "search_space": {"lr": {"grid": [1e-4, 1e-3, 1e-2]},
+                                      "batch_size": {"choice": [32, 64, 128]}}})
+    space = algorithms.param_space(spec)
+    assert space["lr"] == tune.grid_search([1e-4, 1e-3, 1e-2])
+    assert space["batch_size"] == tune.grid_search([32, 64, 128])
+    assert space["dataset"] == "iris"  # fixed config merged under the searched values
+
+
+def test_pbt_mutations_derived_from_same_entries():
+    muts = parse(SPACE).pbt_mutations()
+    assert isinstance(muts["lr"], Float)
+    assert muts["batch_size"] == [32, 64]
+    assert isinstance(muts["schedule"]["gamma"], Float)
+    assert "optimizer" not in muts  # conditional: not mutable
+
+
+@pytest.mark.parametrize("name", list(algorithms.SCHEDULERS))
+def test_scheduler_registry_builds(name):
+    sched = {"fifo": {"type": "fifo"}, "asha": {"type": "asha", "max_t": 5},
+             "pbt": {"type": "pbt", "max_t": 6, "perturbation_interval": 2}}[name]
+    spec = validate({"name": "s", "trainable": "classifier", "metric": "val_loss",
+                     "mode": "min", "config": {"dataset": "iris", "epochs": 6},
+                     "search_space": {"lr": {"loguniform": [1e-4, 1e-1]}},
+                     "scheduler": sched})
+    scheduler = algorithms.make_scheduler(spec)
+    if name == "pbt":
+        assert scheduler._perturbation_interval == 2
+        assert scheduler._time_attr == "training_iteration"
+        assert set(scheduler._hyperparam_mutations) == {"lr"}
+    if name == "asha":
+        assert scheduler._max_t == 5
+
+
+@pytest.mark.parametrize("name", list(algorithms.SEARCHERS))
+def test_searcher_registry_builds(name):
+    space = {"lr": {"grid" if name != "hyperopt" else "choice": [1e-3, 1e-2]}}
+    spec = validate({"name": "s", "trainable": "classifier", "metric": "val_loss",
+                     "mode": "min", "config": {"dataset": "iris"}, "search_space": space,
+                     "search": {"algorithm": name, "seed": 3}})
+    searcher = algorithms.make_searcher(spec)
+    if name == "hyperopt":
+        assert isinstance(searcher, HyperOptSearch)
+        # Seeded: two searchers built from one spec suggest the same configs.
+        space = {"lr": tune.loguniform(1e-4, 1e-1), "bs": tune.choice([16, 32, 64])}
+        twin = algorithms.make_searcher(spec)
+        for s in (searcher, twin):
+            s.set_search_properties("val_loss", "min", space)
+        first = [searcher.suggest(f"t{i}") for i in range(5)]
+        assert first == [twin.suggest(f"t{i}") for i in range(5)]
+        assert len({c["lr"] for c in first}) == 5
