@@ -13,19 +13,28 @@ if TYPE_CHECKING:  # pragma: no cover
     from raytune_suite.spec import ExperimentSpec
 
 
+# Concurrency is limited here, not with TuneConfig(max_concurrent_trials): Ray ignores
+# that setting (with only a warning) when handed a BasicVariantGenerator instance.
+
+
 def _basic_variant(spec: "ExperimentSpec"):
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
-    return BasicVariantGenerator(random_state=spec.search.seed)
+    return BasicVariantGenerator(random_state=spec.search.seed,
+                                 max_concurrent=spec.search.max_concurrent or 0)
 
 
 def _hyperopt(spec: "ExperimentSpec"):
+    from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.hyperopt import HyperOptSearch
 
-    return HyperOptSearch(
+    searcher = HyperOptSearch(
         n_initial_points=spec.search.n_initial_points,
         random_state_seed=spec.search.seed,
     )
+    if spec.search.max_concurrent:
+        searcher = ConcurrencyLimiter(searcher, max_concurrent=spec.search.max_concurrent)
+    return searcher
 
 
 SEARCHERS: dict[str, Callable[["ExperimentSpec"], Any]] = {

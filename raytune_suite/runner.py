@@ -66,7 +66,6 @@ def build_tuner(spec: ExperimentSpec, callbacks: list):
         search_alg=algorithms.make_searcher(spec),
         scheduler=algorithms.make_scheduler(spec),
         num_samples=spec.search.num_samples,
-        max_concurrent_trials=spec.search.max_concurrent,
         # A fresh worker process per trial costs ~2 s here; trials clean their own state.
         reuse_actors=True,
         time_budget_s=spec.stop.time_budget_s,

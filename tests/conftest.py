@@ -1,6 +1,4 @@
 import os
-import sys
-from pathlib import Path
 
 # Workers share this venv; never let Ray re-package the checkout under `uv run`.
 os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
@@ -8,11 +6,6 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "1")
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "0")
 
 import pytest  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
-EXPERIMENTS = ROOT / "experiments"
-CLI = [sys.executable, "-m", "raytune_suite.cli"]
-
 
 @pytest.fixture
 def in_tmp(tmp_path, monkeypatch):

@@ -4,6 +4,7 @@ import random
 
 import pytest
 from ray import tune
+from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.hyperopt import HyperOptSearch
 from ray.tune.search.sample import Categorical, Float, Integer
 
@@ -108,8 +109,19 @@ def test_searcher_registry_builds(name):
                      "mode": "min", "config": {"dataset": "iris"}, "search_space": space,
                      "search": {"algorithm": name, "seed": 3}})
     searcher = algorithms.make_searcher(spec)
+    if name != "hyperopt":
+        limited = algorithms.make_searcher(validate({**spec.model_dump(exclude={"search_space"}),
+                                                     "search_space": space,
+                                                     "search": {"algorithm": name,
+                                                                "max_concurrent": 3}}))
+        assert limited.max_concurrent == 3
     if name == "hyperopt":
         assert isinstance(searcher, HyperOptSearch)
+        limited = algorithms.make_searcher(validate({**spec.model_dump(exclude={"search_space"}),
+                                                     "search_space": space,
+                                                     "search": {"algorithm": name,
+                                                                "max_concurrent": 3}}))
+        assert isinstance(limited, ConcurrencyLimiter) and limited.max_concurrent == 3
         # Seeded: two searchers built from one spec suggest the same configs.
         space = {"lr": tune.loguniform(1e-4, 1e-1), "bs": tune.choice([16, 32, 64])}
         twin = algorithms.make_searcher(spec)

@@ -5,7 +5,7 @@ import textwrap
 
 import pytest
 
-from conftest import CLI, EXPERIMENTS, ROOT
+from helpers import CLI, EXPERIMENTS, cli_env
 from raytune_suite.cli import main
 from raytune_suite.errors import SpecError
 from raytune_suite.spec import ExperimentSpec, apply_override, load_spec, validate
@@ -189,17 +189,13 @@ def test_cli_subprocess_exit_status_no_traceback(tmp_path):
         resources: {cpu: -1}
     """)
     proc = subprocess.run([*CLI, "run", str(path)], cwd=tmp_path, capture_output=True,
-                          text=True, env=_env())
+                          text=True, env=cli_env())
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip() == "error: resources.cpu: must be > 0.0, got -1"
     assert "Traceback" not in proc.stdout + proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["exp.yaml"]
 
 
-def _env():
-    import os
-
-    return dict(os.environ, PYTHONPATH=str(ROOT))
 
 
 # ----------------------------------------------------------------- --set

@@ -1,0 +1,93 @@
+"""The quickstart, run the way a user runs it: the CLI in a fresh directory."""
+
+import json
+import os
+import subprocess
+import time
+
+import pytest
+
+from helpers import CLI, EXPERIMENTS, cli_env, mlflow_runs
+
+
+
+@pytest.fixture(scope="module")
+def quickstart_run(tmp_path_factory):
+    cwd = tmp_path_factory.mktemp("quickstart")
+    t0 = time.perf_counter()
+    proc = subprocess.run([*CLI, "run", str(EXPERIMENTS / "quickstart.yaml")], cwd=cwd,
+                          capture_output=True, text=True, env=cli_env(), timeout=600)
+    seconds = time.perf_counter() - t0
+    print(f"quickstart took {seconds:.1f} s")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return cwd, proc.stdout, seconds
+
+
+def test_quickstart_prints_leaderboard_and_mlflow_command(quickstart_run):
+    cwd, out, _ = quickstart_run
+    assert "top 5 by val_accuracy (max):" in out
+    board = out[out.index("top 5 by val_accuracy"):].splitlines()
+    assert board[1].split()[:4] == ["rank", "trial", "val_accuracy", "epochs"]
+    assert [line.split()[0] for line in board[2:7]] == ["1", "2", "3", "4", "5"]
+    assert f"mlflow ui --backend-store-uri sqlite:///{cwd}/mlflow.db" in out
+
+
+def test_quickstart_mlflow_has_one_run_per_trial_with_history(quickstart_run):
+    from mlflow.tracking import MlflowClient
+
+    from raytune_suite.spec import load_spec
+
+    cwd, _, _ = quickstart_run
+    spec, _ = load_spec(EXPERIMENTS / "quickstart.yaml")
+    uri = f"sqlite:///{cwd}/mlflow.db"
+    runs = mlflow_runs(cwd, "quickstart")
+    trials = runs[runs["tags.raytune_suite.role"] == "trial"]
+    parent = runs[runs["tags.raytune_suite.role"] == "search"]
+    assert len(trials) == spec.search.num_samples >= 16
+    assert trials["tags.ray.trial_id"].nunique() == len(trials)
+    assert set(trials["status"]) == {"FINISHED"}
+    assert len(parent) == 1 and parent.iloc[0]["status"] == "FINISHED"
+    assert (trials["tags.mlflow.parentRunId"] == parent.iloc[0]["run_id"]).all()
+    assert "metrics.best_val_accuracy" in parent and parent.iloc[0]["metrics.best_val_accuracy"] > 0.9
+
+    client = MlflowClient(uri)
+    epochs = []
+    for run_id in trials["run_id"]:
+        history = client.get_metric_history(run_id, "val_accuracy")
+        steps = [m.step for m in history]
+        assert steps == list(range(1, len(steps) + 1))
+        epochs.append(len(steps))
+    max_t = spec.scheduler.max_t
+    stopped = [e for e in epochs if e < max_t]
+    # ASHA stopped most trials early; the rest ran the full budget.
+    assert len(stopped) > len(epochs) / 2, epochs
+    assert max(epochs) == max_t
+    outcomes = trials["tags.raytune_suite.outcome"].value_counts().to_dict()
+    assert outcomes.get("stopped_early") == len(stopped)
+    assert outcomes.get("completed") == len(epochs) - len(stopped)
+    # Params are flattened, the conditional optimizer included.
+    assert "params.optimizer/name" in trials and "params.lr" in trials
+
+
+def test_best_reports_config_metric_and_checkpoint(quickstart_run):
+    cwd, _, _ = quickstart_run
+    proc = subprocess.run([*CLI, "best", "quickstart", "--json"], cwd=cwd, capture_output=True,
+                          text=True, env=cli_env(), timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    best = json.loads(proc.stdout)
+    assert best["metric"] == "val_accuracy" and best["value"] > 0.9
+    assert set(best["config"]) == {"lr", "batch_size", "dropout", "weight_decay", "optimizer"}
+    assert os.path.isfile(os.path.join(best["checkpoint"], "checkpoint.pt"))
+    from raytune_suite.training import checkpoint
+
+    state = checkpoint.load(best["checkpoint"])  # verified, weights_only
+    assert state["config"]["lr"] == pytest.approx(best["config"]["lr"])
+
+
+def test_rerun_same_name_refuses_and_points_to_resume(quickstart_run):
+    cwd, _, _ = quickstart_run
+    proc = subprocess.run([*CLI, "run", str(EXPERIMENTS / "quickstart.yaml")], cwd=cwd,
+                          capture_output=True, text=True, env=cli_env(), timeout=120)
+    assert proc.returncode == 2
+    assert "an experiment already exists" in proc.stderr and "raytune-suite resume" in proc.stderr
+    assert "Traceback" not in proc.stderr
