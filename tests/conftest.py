@@ -12,3 +12,17 @@ def in_tmp(tmp_path, monkeypatch):
     """Run in an empty working directory (where results and mlflow.db would land)."""
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+def pytest_collection_modifyitems(config, items):
+    """GPU tests run only where CUDA is available (never in CI)."""
+    try:
+        import torch
+
+        has_gpu = torch.cuda.is_available()
+    except ImportError:  # pragma: no cover
+        has_gpu = False
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords and not has_gpu:
+            item.add_marker(skip)
