@@ -245,6 +245,10 @@ def _check_consistency(spec: ExperimentSpec) -> None:
         if not spec.search_space.pbt_mutations():
             raise SpecError("search_space", "pbt needs at least one mutable (non-conditional) "
                                             "entry to perturb", "no mutable entries")
+        if spec.checkpoint.keep < 3:
+            raise SpecError("checkpoint.keep", "must be >= 3 with pbt, so a donor's checkpoint "
+                                               "outlives the exploit that copies it",
+                            spec.checkpoint.keep)
         if sched.perturbation_interval % spec.checkpoint.every:
             raise SpecError("scheduler.perturbation_interval",
                             f"must be a multiple of checkpoint.every ({spec.checkpoint.every}) "

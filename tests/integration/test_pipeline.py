@@ -92,7 +92,7 @@ def test_pbt_runs_and_mutates(ray_local, in_tmp):
         "search": {"num_samples": 4, "seed": 0},
         "scheduler": {"type": "pbt", "max_t": 6, "perturbation_interval": 2,
                       "quantile_fraction": 0.5},
-        "checkpoint": {"every": 2, "keep": 2},
+        "checkpoint": {"every": 2, "keep": 3},
     })
     outcome = run_experiment(spec, {"name": "pbt"})
     assert outcome.errors == 0

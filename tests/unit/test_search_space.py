@@ -92,7 +92,7 @@ def test_scheduler_registry_builds(name):
     spec = validate({"name": "s", "trainable": "classifier", "metric": "val_loss",
                      "mode": "min", "config": {"dataset": "iris", "epochs": 6},
                      "search_space": {"lr": {"loguniform": [1e-4, 1e-1]}},
-                     "scheduler": sched})
+                     "scheduler": sched, "checkpoint": {"keep": 3}})
     scheduler = algorithms.make_scheduler(spec)
     if name == "pbt":
         assert scheduler._perturbation_interval == 2
