@@ -11,21 +11,6 @@ from raytune_suite.training.loop import evaluate, make_optimizer, train_epoch
 from raytune_suite.training.models import build_model
 
 
-def test_split_is_deterministic_and_disjoint():
-    a = load_dataset("iris", data_seed=1)
-    b = load_dataset("iris", data_seed=1)
-    c = load_dataset("iris", data_seed=2)
-    assert a is b  # cached per process
-    assert len(a.y_train) + len(a.y_val) + len(a.y_test) == 150
-    assert not torch.equal(a.x_val, c.x_val)
-    assert abs(a.x_train.mean().item()) < 1e-5  # standardised on the training split
-
-
-def test_digits_as_images():
-    d = load_dataset("digits", image=True)
-    assert d.input_shape == (1, 8, 8) and d.num_classes == 10
-
-
 @pytest.mark.parametrize("model", ["mlp", "cnn"])
 def test_model_learns_digits(model):
     cfg = ClassifierConfig(dataset="digits", model=model, lr=3e-3, epochs=3)
