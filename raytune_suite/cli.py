@@ -43,6 +43,9 @@ def _parser() -> argparse.ArgumentParser:
     best = sub.add_parser("best", help="best config, metric and checkpoint of an experiment")
     best.add_argument("experiment")
     best.add_argument("--json", action="store_true", help="machine-readable output")
+    best.add_argument("--evaluate", action="store_true",
+                      help="score the best checkpoint on the held-out test split "
+                           "(built-in classifier)")
     return p
 
 
@@ -112,6 +115,8 @@ def _best(args) -> int:
     payload = {"experiment": outcome.path, "metric": outcome.spec.metric,
                "mode": outcome.spec.mode, "value": best.best, "trial_id": best.trial_id,
                "epochs": best.epochs, "config": best.config, "checkpoint": best.checkpoint}
+    if args.evaluate:
+        payload["test"] = _evaluate(outcome, best)
     if args.json:
         print(json.dumps(payload, indent=2, default=str))
     else:
@@ -121,7 +126,23 @@ def _best(args) -> int:
         for k, v in best.config.items():
             print(f"  {k}: {v}")
         print(f"checkpoint:  {best.checkpoint}")
+        if args.evaluate:
+            test = payload["test"]
+            print(f"\ntest accuracy: {test['test_accuracy']:.4f} "
+                  f"(macro F1 {test['test_f1_macro']:.4f}, {test['test_samples']} samples)")
+            print(test["report"])
     return 0
+
+
+def _evaluate(outcome, best) -> dict:
+    if outcome.spec.trainable != "classifier":
+        raise SpecError("--evaluate", "needs the built-in classifier trainable",
+                        outcome.spec.trainable)
+    if not best.checkpoint:
+        raise SpecError("--evaluate", "needs a checkpoint of the best trial", None)
+    from raytune_suite.training.evaluate import evaluate_checkpoint
+
+    return evaluate_checkpoint(best.checkpoint)
 
 
 _COMMANDS = {"run": _run, "validate": _validate, "resume": _resume, "best": _best}

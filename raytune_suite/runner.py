@@ -47,16 +47,38 @@ def resolve_experiment(ref: str, storage: str = "./ray_results") -> Path:
                                   f"(no {SPEC_FILE} found)", ref)
 
 
-def _trainable(spec: ExperimentSpec):
+def _trainable(spec: ExperimentSpec, data=None):
     from ray import tune
 
     fn = resolve_trainable(spec.trainable)
     if spec.trainable in BUILTIN:
-        fn = tune.with_parameters(fn, checkpoint_every=spec.checkpoint.every)
+        # with_parameters puts the data set into Ray's object store once; every node
+        # fetches it once and its trials read it there without copying.
+        fn = tune.with_parameters(fn, checkpoint_every=spec.checkpoint.every, data=data)
     return tune.with_resources(fn, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
 
 
-def build_tuner(spec: ExperimentSpec, callbacks: list):
+def shared_data(spec: ExperimentSpec):
+    """The built-in trainable's data set, loaded once in the driver before Ray starts
+    (a missing data folder is the user's to fix, exit 2), when the search does not vary
+    what data the trials see; else None and each trial process loads its own."""
+    if spec.trainable not in BUILTIN:
+        return None
+    from raytune_suite.training.config import DATA_KEYS
+    from raytune_suite.training.trainable import load_arrays_for
+
+    searched = {path.split(".")[0] for path, _ in spec.search_space.leaves()}
+    if searched & set(DATA_KEYS):
+        return None
+    try:
+        return load_arrays_for(dict(spec.config))
+    except (ValueError, FileNotFoundError) as e:
+        raise SpecError("config.data_root" if spec.config.get("data_root") else "config.dataset",
+                        f"data could not be loaded: {e}",
+                        spec.config.get("data_root") or spec.config.get("dataset")) from None
+
+
+def build_tuner(spec: ExperimentSpec, callbacks: list, data=None):
     """The ``tune.Tuner`` an experiment file describes."""
     from ray import tune
 
@@ -81,7 +103,7 @@ def build_tuner(spec: ExperimentSpec, callbacks: list):
         callbacks=callbacks,
         verbose=1,
     )
-    return tune.Tuner(_trainable(spec), param_space=algorithms.param_space(spec),
+    return tune.Tuner(_trainable(spec, data), param_space=algorithms.param_space(spec),
                       tune_config=tune_config, run_config=run_config)
 
 
@@ -124,6 +146,7 @@ def run_experiment(spec: ExperimentSpec, raw: dict[str, Any], address: Optional[
                                 f"`raytune-suite resume {path}` or pick another name "
                                 "(--set name=...)", spec.name)
     uri = _tracking_uri(spec) if use_mlflow else None
+    data = shared_data(spec)
     init_ray(address)
     path.mkdir(parents=True, exist_ok=True)
     (path / SPEC_FILE).write_text(yaml.safe_dump(raw, sort_keys=False))
@@ -140,7 +163,7 @@ def run_experiment(spec: ExperimentSpec, raw: dict[str, Any], address: Optional[
         callbacks.append(tracking.TrialRunsCallback(uri, spec.mlflow_experiment,
                                                     state["parent_run_id"], spec.max_t))
     (path / STATE_FILE).write_text(json.dumps(state))
-    tuner = build_tuner(spec, callbacks)
+    tuner = build_tuner(spec, callbacks, data)
     return _fit_and_finish(spec, tuner, path, state)
 
 
@@ -155,12 +178,13 @@ def resume_experiment(ref: str, address: Optional[str] = None) -> Outcome:
     if not tune.Tuner.can_restore(str(path)):
         raise SpecError("EXPERIMENT", "has no Ray Tune state to restore (it never started)",
                         str(path))
+    data = shared_data(spec)
     init_ray(address)
     if state.get("parent_run_id"):
         from raytune_suite import tracking
 
         tracking.reopen_run(state["tracking_uri"], state["parent_run_id"])
-    tuner = tune.Tuner.restore(str(path), trainable=_trainable(spec),
+    tuner = tune.Tuner.restore(str(path), trainable=_trainable(spec, data),
                                resume_unfinished=True, resume_errored=True)
     return _fit_and_finish(spec, tuner, path, state)
 

@@ -31,6 +31,19 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def model_digest(model_state: dict[str, torch.Tensor]) -> str:
+    """SHA-256 of a model's weights (names, dtypes, shapes and values), device-independent.
+
+    Lets a restored trial prove which weights it started from (PBT exploits).
+    """
+    h = hashlib.sha256()
+    for name, tensor in model_state.items():
+        t = tensor.detach().cpu().contiguous().reshape(-1)  # 0-d tensors cannot be viewed
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
 def save(directory: str | Path, state: dict[str, Any]) -> Path:
     """Write ``state`` into ``directory`` with its digest; returns the folder."""
     missing = [k for k in REQUIRED_KEYS if k not in state]
@@ -41,7 +54,7 @@ def save(directory: str | Path, state: dict[str, Any]) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     torch.save(state, directory / STATE_FILE)
     meta = {"format": FORMAT_VERSION, "sha256": _sha256(directory / STATE_FILE),
-            "epoch": int(state["epoch"])}
+            "epoch": int(state["epoch"]), "model_digest": model_digest(state["model"])}
     (directory / META_FILE).write_text(json.dumps(meta))
     return directory
 

@@ -8,7 +8,19 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Fraction = Annotated[float, Field(ge=0, lt=1)]
+Positive = Annotated[float, Field(gt=0)]
+DatasetName = Literal["digits", "iris", "wine", "breast_cancer", "cifar10", "mnist",
+                      "fashion_mnist", "image_folder", "synthetic"]
+IMAGE_MODELS = ("cnn", "resnet18", "resnet50")
+TABULAR_DATASETS = ("iris", "wine", "breast_cancer")
+# Keys that decide what data a trial sees: when none is searched, the runner loads the
+# data once in the driver and shares it through Ray's object store.
+DATA_KEYS = ("dataset", "data_root", "download", "image_size", "data_seed", "val_fraction",
+             "test_fraction", "cv_folds", "limit_train", "synthetic_samples",
+             "synthetic_shape", "synthetic_classes", "model")
 
 
 class _Cfg(BaseModel):
@@ -19,33 +31,84 @@ class OptimizerConfig(_Cfg):
     """``optimizer: adam`` or, in a conditional space, ``{name: sgd, momentum: 0.9}``."""
 
     name: Literal["sgd", "adam", "adamw"] = "adam"
-    momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9  # sgd only
+    momentum: Fraction = 0.9  # sgd only
     nesterov: bool = False  # sgd only
-    lr: Optional[Annotated[float, Field(gt=0)]] = None  # overrides the top-level lr
+    lr: Optional[Positive] = None  # overrides the top-level lr
 
 
 class ClassifierConfig(_Cfg):
-    dataset: Literal["digits", "iris", "wine", "breast_cancer"] = "digits"
+    # -- data
+    dataset: DatasetName = "digits"
+    data_root: Optional[str] = None  # cifar10/mnist/fashion_mnist/image_folder folder
+    download: bool = False  # torchvision sets: fetch into data_root (needs internet)
+    image_size: Annotated[int, Field(ge=8)] = 32  # image_folder resize
     data_seed: int = 0  # fixes the train/val/test split: every trial sees the same one
     val_fraction: Annotated[float, Field(gt=0, lt=0.5)] = 0.2
     test_fraction: Annotated[float, Field(ge=0, lt=0.5)] = 0.2
-    model: Literal["mlp", "cnn"] = "mlp"
+    cv_folds: Annotated[int, Field(ge=0, le=20)] = 0  # k-fold CV on small tabular sets
+    limit_train: Optional[Annotated[int, Field(gt=0)]] = None  # smoke runs
+    synthetic_samples: Annotated[int, Field(gt=0)] = 2048
+    synthetic_shape: list[int] = [3, 32, 32]
+    synthetic_classes: Annotated[int, Field(ge=2)] = 10
+    augment: Annotated[float, Field(ge=0, le=1)] = 0.0  # crop/flip/rotate strength (images)
+    augment_flip: Optional[bool] = None  # None: on, except for digits/mnist/fashion_mnist
+    # -- model
+    model: Literal["mlp", "cnn", "resnet18", "resnet50"] = "mlp"
     hidden: Union[int, list[int]] = 64  # mlp hidden sizes
     activation: Literal["relu", "tanh", "gelu"] = "relu"
-    width: Annotated[float, Field(gt=0)] = 0.25  # cnn width multiplier on 64-128-512
-    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    width: Positive = 0.25  # cnn width multiplier on 64-128-512
+    dropout: Fraction = 0.0
+    pretrained_weights: Optional[str] = None  # resnet: a local torchvision state dict
+    freeze_backbone: bool = False  # resnet: train only the new head
+    # -- optimisation
     optimizer: Union[Literal["sgd", "adam", "adamw"], OptimizerConfig] = "adam"
-    lr: Annotated[float, Field(gt=0)] = 1e-3
-    momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9  # sgd
+    lr: Positive = 1e-3  # peak learning rate
+    momentum: Fraction = 0.9  # sgd
+    nesterov: bool = False  # sgd
     weight_decay: Annotated[float, Field(ge=0)] = 0.0
     batch_size: Annotated[int, Field(gt=0)] = 64
     epochs: Annotated[int, Field(gt=0)] = 10
+    lr_schedule: Literal["none", "step", "exponential", "cosine", "onecycle"] = "none"
+    lr_milestones: list[Annotated[int, Field(gt=0)]] = [10, 20, 30]  # step: epochs
+    lr_gamma: Annotated[float, Field(gt=0, le=1)] = 0.1  # step: x gamma at each milestone;
+    #                                                     exponential: x gamma every epoch
+    warmup_epochs: Annotated[int, Field(ge=0)] = 0  # linear warm-up before the schedule
+    label_smoothing: Fraction = 0.0
+    grad_clip: Optional[Positive] = None  # max global gradient norm
+    early_stopping_patience: Optional[Annotated[int, Field(gt=0)]] = None  # epochs
+    early_stopping_min_delta: Annotated[float, Field(ge=0)] = 0.0  # on val_loss
+    # -- speed (GPU only; ignored on CPU)
+    amp: bool = True  # bf16 autocast
+    channels_last: bool = True
     seed: int = 0  # weight init and shuffling of this trial
+
+    @model_validator(mode="after")
+    def _coherent(self) -> "ClassifierConfig":
+        if self.model in IMAGE_MODELS and self.dataset in TABULAR_DATASETS:
+            raise ValueError(f"model {self.model} needs image data; {self.dataset} is tabular "
+                             "(use model: mlp)")
+        if self.cv_folds == 1:
+            raise ValueError("cv_folds must be 0 (off) or at least 2")
+        if self.pretrained_weights and not self.model.startswith("resnet"):
+            raise ValueError("pretrained_weights applies to resnet18/resnet50 only")
+        return self
 
     def optimizer_config(self) -> OptimizerConfig:
         if isinstance(self.optimizer, OptimizerConfig):
             return self.optimizer
-        return OptimizerConfig(name=self.optimizer, momentum=self.momentum)
+        return OptimizerConfig(name=self.optimizer, momentum=self.momentum,
+                               nesterov=self.nesterov)
+
+    @property
+    def flip_images(self) -> bool:
+        """Horizontal flips preserve the class of photos, not of digits or clothes."""
+        if self.augment_flip is not None:
+            return self.augment_flip
+        return self.dataset not in ("digits", "mnist", "fashion_mnist")
+
+    @property
+    def base_lr(self) -> float:
+        return self.optimizer_config().lr or self.lr
 
     @classmethod
     def from_trial(cls, config: dict[str, Any]) -> "ClassifierConfig":

@@ -1,54 +1,255 @@
-"""One epoch of training and evaluation on in-memory tensors.
+"""Training and evaluation on in-memory tensors that already sit on the trial's device.
 
-Batches are indexed straight from the tensors (no DataLoader): for data that fits in
-memory this avoids per-sample Python work and worker processes.
+Batches are indexed straight from the tensors (no DataLoader, no worker processes);
+augmentation runs batched on the same device. :class:`Trainer` owns everything one
+trial trains and can save and restore it exactly, without Ray.
 """
 
 from __future__ import annotations
 
+import contextlib
+import math
+import time
+from typing import Any, Optional
+
 import torch
 from torch import nn
 
+from raytune_suite.training.augment import augment_strength
+from raytune_suite.training.config import ClassifierConfig
+from raytune_suite.training.models import build_model
 
-def make_optimizer(cfg, params) -> torch.optim.Optimizer:
+
+def make_optimizer(cfg: ClassifierConfig, params) -> torch.optim.Optimizer:
     """SGD (momentum, nesterov), Adam or AdamW as the config says."""
     opt = cfg.optimizer_config()
-    lr = opt.lr or cfg.lr
+    params = [p for p in params if p.requires_grad]
     if opt.name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=opt.momentum, nesterov=opt.nesterov
-                               and opt.momentum > 0, weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(params, lr=cfg.base_lr, momentum=opt.momentum,
+                               nesterov=opt.nesterov and opt.momentum > 0,
+                               weight_decay=cfg.weight_decay)
     cls = torch.optim.AdamW if opt.name == "adamw" else torch.optim.Adam
-    return cls(params, lr=lr, weight_decay=cfg.weight_decay)
+    return cls(params, lr=cfg.base_lr, weight_decay=cfg.weight_decay)
 
 
-def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor,
-                y: torch.Tensor, batch_size: int, generator: torch.Generator) -> float:
-    """One pass over (x, y) in a random order; returns the mean training loss."""
-    model.train()
-    order = torch.randperm(len(y), generator=generator, device=x.device)
-    total, seen = 0.0, 0
-    for start in range(0, len(y), batch_size):
-        idx = order[start:start + batch_size]
-        xb, yb = x[idx], y[idx]
-        optimizer.zero_grad(set_to_none=True)
-        loss = nn.functional.cross_entropy(model(xb), yb)
-        loss.backward()
-        optimizer.step()
-        total += loss.item() * len(yb)
-        seen += len(yb)
-    return total / max(seen, 1)
+def lr_factor(cfg: ClassifierConfig, progress: float) -> float:
+    """Multiplier on the base lr after ``progress`` epochs (fractional, per batch).
+
+    A function of progress rather than a stateful scheduler object (as nanoGPT's
+    ``get_lr``): a restored trial resumes the exact value, and a PBT exploit that
+    changes the base lr or the batch size cannot put the schedule out of step.
+
+    ``step``: x ``lr_gamma`` at each epoch in ``lr_milestones`` (x0.1 at 10/20/30);
+    ``exponential``: x ``lr_gamma`` per epoch; ``cosine``: to 0 over the run;
+    ``onecycle``: from lr/25 up to lr (first 30% or the warm-up) and down to lr/1e5
+    (torch's OneCycleLR defaults). ``warmup_epochs`` of linear warm-up precede the others.
+    """
+    warm, total = cfg.warmup_epochs, cfg.epochs
+    if cfg.lr_schedule == "onecycle":
+        peak = warm if warm else 0.3 * total
+        if progress < peak:
+            return _cos_between(1 / 25, 1.0, progress / peak)
+        return _cos_between(1.0, 1 / 25 / 1e4, (progress - peak) / max(total - peak, 1e-9))
+    if progress < warm:
+        return (progress + 1e-9) / warm
+    if cfg.lr_schedule == "step":
+        return cfg.lr_gamma ** sum(progress >= m for m in cfg.lr_milestones)
+    if cfg.lr_schedule == "exponential":
+        return cfg.lr_gamma ** math.floor(progress - warm)
+    if cfg.lr_schedule == "cosine":
+        span = max(total - warm, 1e-9)
+        return 0.5 * (1 + math.cos(math.pi * min(progress - warm, span) / span))
+    return 1.0
 
 
-@torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-             batch_size: int = 1024) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy over (x, y)."""
-    model.eval()
-    loss_sum, correct = 0.0, 0
-    for start in range(0, len(y), batch_size):
-        xb, yb = x[start:start + batch_size], y[start:start + batch_size]
-        logits = model(xb)
-        loss_sum += nn.functional.cross_entropy(logits, yb, reduction="sum").item()
-        correct += (logits.argmax(1) == yb).sum().item()
-    n = max(len(y), 1)
-    return loss_sum / n, correct / n
+def _cos_between(start: float, end: float, fraction: float) -> float:
+    fraction = min(max(fraction, 0.0), 1.0)
+    return end + (start - end) * 0.5 * (1 + math.cos(math.pi * fraction))
+
+
+def classification_metrics(logits: torch.Tensor, y: torch.Tensor,
+                           num_classes: int) -> dict[str, float]:
+    """Accuracy and macro precision, recall and F1 (classes never predicted count as 0)."""
+    pred = logits.argmax(1)
+    confusion = torch.bincount(y * num_classes + pred, minlength=num_classes ** 2)
+    confusion = confusion.reshape(num_classes, num_classes).double()
+    tp = confusion.diag()
+    precision = tp / confusion.sum(0).clamp(min=1)
+    recall = tp / confusion.sum(1).clamp(min=1)
+    f1 = 2 * precision * recall / (precision + recall).clamp(min=1e-12)
+    present = confusion.sum(1) > 0  # macro over classes present in this split
+    return {
+        "accuracy": (tp.sum() / max(len(y), 1)).item(),
+        "precision": precision[present].mean().item(),
+        "recall": recall[present].mean().item(),
+        "f1_macro": f1[present].mean().item(),
+    }
+
+
+class Trainer:
+    """One trial's model, optimizer, LR schedule, RNG and early-stopping state."""
+
+    def __init__(self, cfg: ClassifierConfig, data, device: torch.device | str = "cpu"):
+        self.cfg, self.data = cfg, data
+        self.device = torch.device(device)
+        self.on_gpu = self.device.type == "cuda"
+        self.model = build_model(cfg, data.input_shape, data.num_classes).to(self.device)
+        if self.on_gpu and cfg.channels_last and len(data.input_shape) == 3:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.optimizer = make_optimizer(cfg, self.model.parameters())
+        self.generator = torch.Generator(device=self.device).manual_seed(cfg.seed)
+        self.epoch = 0
+        self.best_val_loss = math.inf
+        self.epochs_without_improvement = 0
+
+    # ------------------------------------------------------------------ epochs
+
+    def _autocast(self):
+        if self.on_gpu and self.cfg.amp:
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _prepare(self, x: torch.Tensor) -> torch.Tensor:
+        if self.on_gpu and self.cfg.channels_last and x.dim() == 4:
+            return x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def _set_lr(self, progress: float) -> None:
+        lr = self.cfg.base_lr * lr_factor(self.cfg, progress)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
+    def train_epoch(self) -> float:
+        """One pass over the training split in a random order; the mean training loss."""
+        cfg, x, y = self.cfg, self.data.x_train, self.data.y_train
+        self.model.train()
+        order = torch.randperm(len(y), generator=self.generator, device=self.device)
+        total = torch.zeros((), device=self.device)
+        for start in range(0, len(y), cfg.batch_size):
+            self._set_lr(self.epoch + start / len(y))
+            idx = order[start:start + cfg.batch_size]
+            xb, yb = x[idx], y[idx]
+            if cfg.augment > 0 and xb.dim() == 4:
+                xb = augment_strength(xb, cfg.augment, self.generator, flip=cfg.flip_images)
+            self.optimizer.zero_grad(set_to_none=True)
+            with self._autocast():
+                loss = nn.functional.cross_entropy(self.model(self._prepare(xb)), yb,
+                                                   label_smoothing=cfg.label_smoothing)
+            loss.backward()
+            if cfg.grad_clip:
+                nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+            self.optimizer.step()
+            total += loss.detach() * len(yb)  # no .item(): no host sync per batch
+        return (total / max(len(y), 1)).item()
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+        """Logits for ``x`` (eval mode, float32)."""
+        self.model.eval()
+        logits = [torch.zeros(0, self.data.num_classes, device=self.device)]
+        for start in range(0, len(x), batch_size):
+            with self._autocast():
+                logits.append(self.model(self._prepare(x[start:start + batch_size])).float())
+        return torch.cat(logits)
+
+    def evaluate(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        """Loss, accuracy and macro precision/recall/F1 on (x, y)."""
+        out = self.predict(x)
+        loss = nn.functional.cross_entropy(out, y).item() if len(y) else math.nan
+        return {"loss": loss, **classification_metrics(out, y, self.data.num_classes)}
+
+    def run_epoch(self) -> dict[str, float]:
+        """Train one epoch, validate, update early stopping; the epoch's metrics."""
+        if self.on_gpu:
+            torch.cuda.synchronize(self.device)
+        t0 = time.perf_counter()
+        train_loss = self.train_epoch()
+        seconds = time.perf_counter() - t0
+        val = self.evaluate(self.data.x_val, self.data.y_val)
+        self.epoch += 1
+        if val["loss"] < self.best_val_loss - self.cfg.early_stopping_min_delta:
+            self.best_val_loss, self.epochs_without_improvement = val["loss"], 0
+        else:
+            self.epochs_without_improvement += 1
+        return {
+            "epoch": self.epoch,
+            "train_loss": train_loss,
+            "val_loss": val["loss"],
+            "val_accuracy": val["accuracy"],
+            "val_f1_macro": val["f1_macro"],
+            "val_precision": val["precision"],
+            "val_recall": val["recall"],
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "epoch_seconds": seconds,
+            "samples_per_s": len(self.data.y_train) / seconds,
+        }
+
+    @property
+    def should_stop_early(self) -> bool:
+        """No val_loss improvement for ``early_stopping_patience`` epochs."""
+        patience = self.cfg.early_stopping_patience
+        return patience is not None and self.epochs_without_improvement >= patience
+
+    @property
+    def finished(self) -> bool:
+        return self.epoch >= self.cfg.epochs or self.should_stop_early
+
+    # ------------------------------------------------------------------ state
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue exactly where this trial is."""
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "lr_schedule": {"name": self.cfg.lr_schedule, "base_lr": self.cfg.base_lr,
+                            "factor": lr_factor(self.cfg, self.epoch)},
+            "epoch": self.epoch,
+            "config": self.cfg.model_dump(),
+            "data_seed": self.cfg.data_seed,
+            "early_stopping": {"best_val_loss": self.best_val_loss,
+                               "epochs_without_improvement": self.epochs_without_improvement},
+            "rng": {"torch": torch.get_rng_state(), "shuffle": self.generator.get_state(),
+                    **({"cuda": torch.cuda.get_rng_state(self.device)} if self.on_gpu else {})},
+        }
+
+    def load_state_dict(self, state: dict[str, Any], exploit: bool = False) -> None:
+        """Continue from ``state``.
+
+        Args:
+            state: from :meth:`state_dict` (via :mod:`checkpoint`).
+            exploit: the state comes from another trial (PBT) or an earlier config of
+                this one: after loading weights and optimizer state, this trial's own
+                hyperparameters (lr, momentum, weight decay; batch size is read each
+                epoch) replace the donor's.
+        """
+        from raytune_suite.training import checkpoint as ckpt
+
+        donor_optimizer = ClassifierConfig.model_validate(state["config"]).optimizer_config().name
+        same_kind = donor_optimizer == self.cfg.optimizer_config().name
+        # A PBT mutation may switch optimizer kind: then only the weights carry over.
+        ckpt.load_into(state, self.model, self.optimizer if same_kind else None)
+        self.epoch = int(state["epoch"])
+        stopping = state.get("early_stopping", {})
+        self.best_val_loss = stopping.get("best_val_loss", math.inf)
+        self.epochs_without_improvement = stopping.get("epochs_without_improvement", 0)
+        torch.set_rng_state(state["rng"]["torch"])
+        self.generator.set_state(state["rng"]["shuffle"])
+        if self.on_gpu and "cuda" in state["rng"]:
+            torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
+        if exploit:
+            self.apply_hyperparameters()
+
+    def apply_hyperparameters(self) -> None:
+        """Make the optimizer follow ``self.cfg`` (PBT's new values win over the donor's).
+
+        The loaded optimizer state carries the donor's lr, momentum and weight decay;
+        they are replaced here. The lr keeps the schedule's position (with no schedule
+        it equals the config's lr); the batch size is read from the config every epoch.
+        """
+        opt = self.cfg.optimizer_config()
+        self._set_lr(self.epoch)
+        for group in self.optimizer.param_groups:
+            group["weight_decay"] = self.cfg.weight_decay
+            if opt.name == "sgd":
+                group["momentum"] = opt.momentum
+                group["nesterov"] = opt.nesterov and opt.momentum > 0

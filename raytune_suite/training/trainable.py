@@ -1,108 +1,158 @@
 """The built-in ``classifier`` trainable: a Ray Tune function trainable.
 
 Each call is one trial. Everything a trial owns (seeds, model, optimizer, metrics) is
-created inside the call, so a reused actor starts every trial from a clean state; the
-only thing shared across trials in one process is the read-only data cache.
+created inside the call, so a reused actor starts every trial from a clean state. What
+is shared across trials in one process is read-only: the data set (from Ray's object
+store, or loaded once per process) and its copy on the trial's device.
 """
 
 from __future__ import annotations
 
 import random
 import tempfile
-import time
+from typing import Optional
 
 import numpy as np
 import torch
 
 from raytune_suite.training import checkpoint as ckpt
-from raytune_suite.training.config import ClassifierConfig
-from raytune_suite.training.data import load_dataset
-from raytune_suite.training.loop import evaluate, make_optimizer, train_epoch
-from raytune_suite.training.models import build_model
+from raytune_suite.training.config import IMAGE_MODELS, ClassifierConfig
+from raytune_suite.training.data import Arrays, DataSpec, load_arrays, load_dataset, to_device
+from raytune_suite.training.loop import Trainer
+
+_DEVICE_DATA: dict[tuple, object] = {}  # (data key, device) -> Dataset on that device
 
 
-def seed_everything(seed: int) -> torch.Generator:
-    """Seed every RNG a trial touches; returns the generator used for shuffling."""
+def seed_everything(seed: int) -> None:
+    """Seed every global RNG a trial touches (the shuffling generator is the Trainer's)."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-    return torch.Generator().manual_seed(seed)
 
 
-def _threads_for_trial() -> int:
+def data_spec(cfg: ClassifierConfig, fold: int = 0) -> DataSpec:
+    """The :class:`DataSpec` a config describes (``fold`` for k-fold CV)."""
+    return DataSpec(
+        name=cfg.dataset, root=cfg.data_root, download=cfg.download, image_size=cfg.image_size,
+        data_seed=cfg.data_seed, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction,
+        image=cfg.model in IMAGE_MODELS, folds=cfg.cv_folds, fold=fold,
+        synthetic_samples=cfg.synthetic_samples, synthetic_shape=tuple(cfg.synthetic_shape),
+        synthetic_classes=cfg.synthetic_classes, limit=cfg.limit_train,
+    )
+
+
+def trial_device() -> torch.device:
+    """The GPU Ray assigned to this trial (CUDA_VISIBLE_DEVICES), else the CPU."""
+    import ray
+
+    if torch.cuda.is_available() and ray.is_initialized() and ray.get_gpu_ids():
+        return torch.device("cuda", 0)  # Ray exposes only the assigned GPU(s)
+    return torch.device("cpu")
+
+
+def trial_threads() -> int:
     from ray import tune
 
     try:
         cpus = tune.get_context().get_trial_resources().required_resources.get("CPU", 1)
-    except Exception:  # noqa: BLE001 - outside a trial (tests): one thread
+    except Exception:  # noqa: BLE001 - outside a trial: one thread
         cpus = 1
     return max(1, int(cpus))
 
 
-def train_classifier(config: dict, checkpoint_every: int = 1) -> None:
-    """Train a classifier; report val_loss/val_accuracy every epoch with checkpoints.
+def _device_data(spec: DataSpec, device: torch.device, shared: Optional[Arrays]):
+    """The data set on ``device``, built once per process and device."""
+    if shared is None:
+        return load_dataset(spec, device)
+    key = (spec, str(device))
+    if key not in _DEVICE_DATA:
+        _DEVICE_DATA.clear()  # one data set per process: drop another experiment's
+        _DEVICE_DATA[key] = to_device(shared, device)
+    return _DEVICE_DATA[key]
+
+
+def train_classifier(config: dict, checkpoint_every: int = 1,
+                     data: Optional[Arrays] = None) -> None:
+    """Train a classifier; report metrics every epoch with a checkpoint every N epochs.
 
     Args:
         config: the trial's config (see :class:`ClassifierConfig`).
         checkpoint_every: epochs between checkpoints (the experiment's checkpoint.every).
+        data: the data set, shared through Ray's object store by the runner (read-only
+            numpy arrays, one copy per node); None loads it in this process.
     """
     from ray import tune
 
     cfg = ClassifierConfig.from_trial(config)
-    torch.set_num_threads(_threads_for_trial())
-    generator = seed_everything(cfg.seed)
-    data = load_dataset(cfg.dataset, cfg.data_seed, cfg.val_fraction, cfg.test_fraction,
-                        image=cfg.model == "cnn")
-    model = build_model(cfg, data.input_shape, data.num_classes)
-    optimizer = make_optimizer(cfg, model.parameters())
+    torch.set_num_threads(trial_threads())
+    seed_everything(cfg.seed)
+    device = trial_device()
+    if cfg.cv_folds:
+        _train_cross_validated(cfg, device, checkpoint_every)
+        return
+    trainer = Trainer(cfg, _device_data(data_spec(cfg), device, data), device)
 
-    start_epoch = 0
+    restored = tune.get_checkpoint()
+    extra: dict = {}
+    if restored is not None:
+        with restored.as_directory() as directory:
+            state = ckpt.load(directory)
+        trainer.load_state_dict(state, exploit=state["config"] != cfg.model_dump())
+        extra = {"restored_from": state["_path"], "restored_from_epoch": state["epoch"],
+                 "restored_model_digest": ckpt.model_digest(trainer.model.state_dict())}
+
+    while not trainer.finished:
+        metrics = {**trainer.run_epoch(), **extra}
+        extra = {}
+        if trainer.epoch % checkpoint_every and not trainer.finished:
+            tune.report(metrics)
+            continue
+        with tempfile.TemporaryDirectory() as directory:
+            ckpt.save(directory, {**trainer.state_dict(), "metrics": metrics})
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
+
+
+def _train_cross_validated(cfg: ClassifierConfig, device: torch.device,
+                           checkpoint_every: int) -> None:
+    """k models, one per fold, trained in lockstep; reports mean and std over folds.
+
+    For small tabular sets, where one validation split is too noisy to rank trials.
+    Checkpoints hold every fold's state.
+    """
+    from ray import tune
+
+    trainers = [Trainer(cfg, load_dataset(data_spec(cfg, fold), device), device)
+                for fold in range(cfg.cv_folds)]
     restored = tune.get_checkpoint()
     if restored is not None:
         with restored.as_directory() as directory:
             state = ckpt.load(directory)
-        ckpt.load_into(state, model, optimizer)
-        _apply_hyperparameters(optimizer, cfg)  # PBT: the new config wins over the donor's
-        start_epoch = state["epoch"]
-        torch.set_rng_state(state["rng"]["torch"])
-        generator.set_state(state["rng"]["shuffle"])
-
-    for epoch in range(start_epoch, cfg.epochs):
-        t0 = time.perf_counter()
-        train_loss = train_epoch(model, optimizer, data.x_train, data.y_train,
-                                 cfg.batch_size, generator)
-        val_loss, val_accuracy = evaluate(model, data.x_val, data.y_val)
-        seconds = time.perf_counter() - t0
-        metrics = {
-            "epoch": epoch + 1,
-            "train_loss": train_loss,
-            "val_loss": val_loss,
-            "val_accuracy": val_accuracy,
-            "epoch_seconds": seconds,
-            "samples_per_s": len(data.y_train) / seconds,
-        }
-        done = epoch + 1 == cfg.epochs
-        if (epoch + 1) % checkpoint_every and not done:
+        for trainer, fold_state in zip(trainers, state["folds"]):
+            trainer.load_state_dict({**fold_state, "_path": state["_path"]},
+                                    exploit=state["config"] != cfg.model_dump())
+    while not all(t.finished for t in trainers):
+        per_fold = [t.run_epoch() for t in trainers]
+        metrics = {"epoch": trainers[0].epoch}
+        for key in per_fold[0]:
+            values = np.array([m[key] for m in per_fold], dtype=float)
+            metrics[key] = float(values.mean())
+            if key.startswith("val_"):
+                metrics[f"{key}_std"] = float(values.std())
+        done = all(t.finished for t in trainers)
+        if trainers[0].epoch % checkpoint_every and not done:
             tune.report(metrics)
             continue
-        state = {
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "epoch": epoch + 1,
-            "config": cfg.model_dump(),
-            "data_seed": cfg.data_seed,
-            "rng": {"torch": torch.get_rng_state(), "shuffle": generator.get_state()},
-            "metrics": metrics,
-        }
+        first = trainers[0].state_dict()
+        state = {**first, "folds": [t.state_dict() for t in trainers], "metrics": metrics}
         with tempfile.TemporaryDirectory() as directory:
             ckpt.save(directory, state)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
 
 
-def _apply_hyperparameters(optimizer: torch.optim.Optimizer, cfg: ClassifierConfig) -> None:
-    opt = cfg.optimizer_config()
-    for group in optimizer.param_groups:
-        group["lr"] = opt.lr or cfg.lr
-        group["weight_decay"] = cfg.weight_decay
-        if "momentum" in group:
-            group["momentum"] = opt.momentum
+def load_arrays_for(config: dict) -> Optional[Arrays]:
+    """Arrays to share through the object store for this (fixed) config, or None when
+    trials load their own (k-fold CV)."""
+    cfg = ClassifierConfig.from_trial(config)
+    if cfg.cv_folds:
+        return None
+    return load_arrays(data_spec(cfg))

@@ -57,7 +57,18 @@ def test_sigkill_then_resume_finishes_every_trial(tmp_path):
     for trial_dir in results.glob("train_classifier_*"):
         rows = [json.loads(line) for line in (trial_dir / "result.json").open()]
         finals.append(rows[-1]["training_iteration"])
-        resumed += any(r["iterations_since_restore"] < r["training_iteration"] for r in rows)
+        for row in rows:
+            if "restored_from_epoch" in row:
+                # The curve continues: the first epoch after a restore is the one after
+                # the checkpoint's epoch, never epoch 1 again.
+                resumed += 1
+                assert row["restored_from_epoch"] >= 1
+                assert row["epoch"] == row["training_iteration"] == row["restored_from_epoch"] + 1
+                assert row["iterations_since_restore"] < row["training_iteration"]
+        # Only a restore may repeat an epoch (one run after the last checkpoint).
+        for prev, row in zip(rows, rows[1:]):
+            if row["epoch"] != prev["epoch"] + 1:
+                assert "restored_from_epoch" in row, (prev, row)
     assert sorted(finals) == [8, 8, 8, 8]
     assert resumed >= 1
 
