@@ -91,3 +91,16 @@ def test_rerun_same_name_refuses_and_points_to_resume(quickstart_run):
     assert proc.returncode == 2
     assert "an experiment already exists" in proc.stderr and "raytune-suite resume" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_best_evaluate_scores_the_checkpoint_on_the_test_split(quickstart_run):
+    cwd, _, _ = quickstart_run
+    proc = subprocess.run([*CLI, "best", "quickstart", "--evaluate"], cwd=cwd,
+                          capture_output=True, text=True, env=cli_env(), timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    line = next(ln for ln in out.splitlines() if ln.startswith("test accuracy:"))
+    accuracy = float(line.split()[2])
+    assert 0.9 < accuracy <= 1.0
+    assert "360 samples" in line  # digits: 20% of 1797, held out from training and tuning
+    assert "macro avg" in out and "precision" in out  # sklearn's classification report
