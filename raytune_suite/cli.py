@@ -46,6 +46,24 @@ def _parser() -> argparse.ArgumentParser:
     best.add_argument("--evaluate", action="store_true",
                       help="score the best checkpoint on the held-out test split "
                            "(built-in classifier)")
+    sub_ = sub.add_parser("submit", help="run an experiment file as a Ray Job on a cluster")
+    sub_.add_argument("file")
+    sub_.add_argument("--address", required=True,
+                      help="the cluster's dashboard, e.g. http://127.0.0.1:8265 "
+                           "(through `ray dashboard CLUSTER.yaml`)")
+    sub_.add_argument("--no-wait", action="store_true", help="return once submitted")
+    add_set(sub_)
+
+    st = sub.add_parser("status", help="status (and logs) of a submitted job")
+    st.add_argument("job")
+    st.add_argument("--address", required=True)
+    st.add_argument("--logs", action="store_true")
+
+    cl = sub.add_parser("cluster", help="cluster files")
+    cl_sub = cl.add_subparsers(dest="cluster_command", required=True)
+    cv = cl_sub.add_parser("validate", help="check a Ray cluster launcher file or KubeRay "
+                                            "manifest against Ray's schema and security rules")
+    cv.add_argument("file")
     return p
 
 
@@ -145,7 +163,33 @@ def _evaluate(outcome, best) -> dict:
     return evaluate_checkpoint(best.checkpoint)
 
 
-_COMMANDS = {"run": _run, "validate": _validate, "resume": _resume, "best": _best}
+def _submit(args) -> int:
+    from raytune_suite.jobs import submit
+
+    _, state = submit(args.file, args.overrides, args.address, wait=not args.no_wait)
+    if state is None:
+        return 0
+    print(f"job finished: {state}")
+    return 0 if state == "SUCCEEDED" else 1
+
+
+def _status(args) -> int:
+    from raytune_suite.jobs import status
+
+    state = status(args.job, args.address, logs=args.logs)
+    return 1 if state in ("FAILED", "STOPPED") else 0
+
+
+def _cluster(args) -> int:
+    from raytune_suite.cluster import check_cluster_file
+
+    check_cluster_file(args.file)
+    print(f"{args.file}: ok (Ray's schema and the security rules)")
+    return 0
+
+
+_COMMANDS = {"run": _run, "validate": _validate, "resume": _resume, "best": _best,
+             "submit": _submit, "status": _status, "cluster": _cluster}
 
 
 if __name__ == "__main__":

@@ -78,6 +78,16 @@ def shared_data(spec: ExperimentSpec):
                         spec.config.get("data_root") or spec.config.get("dataset")) from None
 
 
+def _to_object_store(data):
+    """Put the data set into Ray's object store and hand back only the reference, so
+    the driver does not keep a second copy alive for the whole search."""
+    if data is None:
+        return None
+    import ray
+
+    return ray.put(data)
+
+
 def build_tuner(spec: ExperimentSpec, callbacks: list, data=None):
     """The ``tune.Tuner`` an experiment file describes."""
     from ray import tune
@@ -124,10 +134,40 @@ def init_ray(address: Optional[str]) -> None:
 
     if ray.is_initialized():
         return
-    ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True,
-             runtime_env={"worker_process_setup_hook":
-                          "raytune_suite.runner.quiet_worker_logs"},
-             **({} if address else {"include_dashboard": False}))
+    if not address:
+        ray.init(logging_level=logging.WARNING, include_dashboard=False,
+                 runtime_env={"worker_process_setup_hook":
+                              "raytune_suite.runner.quiet_worker_logs"})
+        return
+    try:
+        # On a cluster the job's own runtime_env (if any) stays in charge.
+        ray.init(address=address, logging_level=logging.WARNING)
+    except ConnectionError as e:
+        raise SpecError("--address", f"no Ray cluster answered ({' '.join(str(e).split())[:160]}"
+                                     "); start one with `ray start --head`, or leave --address "
+                                     "out for embedded Ray", address) from None
+    except Exception as e:  # noqa: BLE001 - auth failures come as several types
+        if "uthenticat" in type(e).__name__ + str(e):
+            raise SpecError("--address", "the cluster refused the connection: token "
+                                         "authentication failed; set RAY_AUTH_MODE=token and "
+                                         "provide the cluster's token (~/.ray/auth_token or "
+                                         "RAY_AUTH_TOKEN)", address) from None
+        raise
+
+
+def check_storage(spec: ExperimentSpec) -> None:
+    """More than one node needs storage every node sees (Ray Tune syncs trial results and
+    checkpoints through it); a local path only exists on the driver's machine."""
+    import ray
+
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    if len(nodes) <= 1 or "://" in spec.storage or spec.storage_shared:
+        return
+    ray.shutdown()
+    raise SpecError("storage", f"with {len(nodes)} nodes, results and checkpoints must go to "
+                               "storage every node sees: an NFS path mounted on all nodes (then "
+                               "also set storage_shared: true) or a URI such as "
+                               "s3://bucket/path", spec.storage)
 
 
 def run_experiment(spec: ExperimentSpec, raw: dict[str, Any], address: Optional[str] = None,
@@ -148,6 +188,8 @@ def run_experiment(spec: ExperimentSpec, raw: dict[str, Any], address: Optional[
     uri = _tracking_uri(spec) if use_mlflow else None
     data = shared_data(spec)
     init_ray(address)
+    check_storage(spec)
+    _warn_sqlite_on_cluster(uri)
     path.mkdir(parents=True, exist_ok=True)
     (path / SPEC_FILE).write_text(yaml.safe_dump(raw, sort_keys=False))
     state: dict[str, Any] = {"tracking_uri": uri, "parent_run_id": None}
@@ -163,7 +205,8 @@ def run_experiment(spec: ExperimentSpec, raw: dict[str, Any], address: Optional[
         callbacks.append(tracking.TrialRunsCallback(uri, spec.mlflow_experiment,
                                                     state["parent_run_id"], spec.max_t))
     (path / STATE_FILE).write_text(json.dumps(state))
-    tuner = build_tuner(spec, callbacks, data)
+    tuner = build_tuner(spec, callbacks, _to_object_store(data))
+    del data  # the object store holds it now; a driver copy would double its memory
     return _fit_and_finish(spec, tuner, path, state)
 
 
@@ -180,12 +223,14 @@ def resume_experiment(ref: str, address: Optional[str] = None) -> Outcome:
                         str(path))
     data = shared_data(spec)
     init_ray(address)
+    check_storage(spec)
     if state.get("parent_run_id"):
         from raytune_suite import tracking
 
         tracking.reopen_run(state["tracking_uri"], state["parent_run_id"])
-    tuner = tune.Tuner.restore(str(path), trainable=_trainable(spec, data),
+    tuner = tune.Tuner.restore(str(path), trainable=_trainable(spec, _to_object_store(data)),
                                resume_unfinished=True, resume_errored=True)
+    del data
     return _fit_and_finish(spec, tuner, path, state)
 
 
@@ -232,6 +277,15 @@ def _tracking_uri(spec: ExperimentSpec) -> Optional[str]:
     from raytune_suite.tracking import resolve_tracking_uri
 
     return resolve_tracking_uri(spec.tracking.mlflow.tracking_uri)
+
+
+def _warn_sqlite_on_cluster(uri: Optional[str]) -> None:
+    import ray
+
+    if uri and uri.startswith("sqlite:") and len([n for n in ray.nodes() if n.get("Alive")]) > 1:
+        logger.warning("MLflow logs to %s from the driver only (workers never write to it); "
+                       "with several users or drivers use a tracking server: "
+                       "tracking.mlflow.tracking_uri: http://HEAD:5000", uri)
 
 
 def mlflow_hint(uri: Optional[str]) -> str:

@@ -127,6 +127,7 @@ class ExperimentSpec(_Model):
     failure: FailureSpec = FailureSpec()
     stop: StopSpec = StopSpec()
     storage: str = "./ray_results"
+    storage_shared: bool = False  # the local storage path is an NFS mount every node sees
     tracking: TrackingSpec = TrackingSpec()
 
     @field_validator("search_space", mode="before")

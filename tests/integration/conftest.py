@@ -1,19 +1,33 @@
 import pytest
 
+_INIT = dict(num_cpus=2, include_dashboard=False, logging_level="WARNING",
+             runtime_env={"worker_process_setup_hook": "raytune_suite.runner.quiet_worker_logs"})
 
-@pytest.fixture(scope="session")
+
+@pytest.fixture
 def ray_local():
-    """One embedded Ray runtime (2 CPUs) shared by the in-process integration tests."""
+    """An embedded Ray runtime (2 CPUs), shared by the in-process integration tests and
+    started again if a simulated-cluster test shut it down."""
     import ray
 
-    from raytune_suite.runner import init_ray
-
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING",
-                 runtime_env={"worker_process_setup_hook":
-                              "raytune_suite.runner.quiet_worker_logs"})
-    init_ray(None)  # no-op: already initialised
-    yield ray
+        ray.init(**_INIT)
+    return ray
+
+
+@pytest.fixture
+def no_ray():
+    """A test that builds its own Ray cluster: no embedded runtime before or after."""
+    import ray
+
+    ray.shutdown()
+    yield
+    ray.shutdown()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    import ray
+
     ray.shutdown()
 
 

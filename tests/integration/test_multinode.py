@@ -1,0 +1,89 @@
+"""Simulated multi-node clusters (ray.cluster_utils.Cluster, logical GPUs)."""
+
+import json
+import textwrap
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+from raytune_suite.errors import SpecError
+from raytune_suite.runner import run_experiment
+from raytune_suite.spec import validate
+
+PROBE = textwrap.dedent('''
+    import os, time
+    import ray
+    from ray import tune
+
+    def probe(config):
+        """Reports where it ran and which GPU Ray gave it, and holds it for a while."""
+        ctx = ray.get_runtime_context()
+        start = time.time()
+        time.sleep(config["hold_s"])
+        tune.report({"score": config["x"], "start": start, "end": time.time(),
+                     "node_id": ctx.get_node_id(),
+                     "gpu_ids": ",".join(str(g) for g in ray.get_gpu_ids()),
+                     "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", "")})
+''')
+
+
+@pytest.fixture
+def two_gpu_workers(no_ray, tmp_path, monkeypatch):
+    """Head with no CPUs (drives only) + 2 workers, each 4 CPUs and 1 logical GPU."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    (tmp_path / "probes.py").write_text(PROBE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    workers = [cluster.add_node(num_cpus=4, num_gpus=1) for _ in range(2)]
+    ray.init(address=cluster.address)
+    cluster.wait_for_nodes()
+    yield cluster, workers
+    ray.shutdown()
+    cluster.shutdown()
+
+
+def _spec(**extra):
+    return validate({
+        "name": "packing", "trainable": "probes:probe",
+        "config": {"hold_s": 2.0},
+        "search_space": {"x": {"uniform": [0, 1]}},
+        "metric": "score", "mode": "max",
+        "search": {"num_samples": 12, "seed": 0},
+        "resources": {"cpu": 0.5, "gpu": 0.25},
+        "storage_shared": True,  # one machine: the local path is seen by every node
+        "tracking": {"mlflow": {"enabled": False}},
+        **extra,
+    })
+
+
+def test_fractional_gpus_pack_and_spread(two_gpu_workers):
+    cluster, workers = two_gpu_workers
+    outcome = run_experiment(_spec(), {"name": "packing"})
+    assert outcome.errors == 0 and len(outcome.trials) == 12
+    rows = [json.loads(next(open(d / "result.json")))
+            for d in Path(outcome.path).glob("probe_*")]
+    assert len(rows) == 12
+    worker_ids = {w.node_id for w in workers}
+    assert {r["node_id"] for r in rows} == worker_ids  # trials on both workers
+    for r in rows:
+        assert r["gpu_ids"] == r["cuda_visible_devices"] != ""  # Ray set the device
+    # At no moment do more than 1/0.25 = 4 trials share one GPU.
+    per_gpu = defaultdict(list)
+    for r in rows:
+        per_gpu[(r["node_id"], r["gpu_ids"])].append((r["start"], r["end"]))
+    peak = 0
+    for spans in per_gpu.values():
+        for t, _ in spans:
+            peak = max(peak, sum(s <= t < e for s, e in spans))
+    assert peak == 4, f"expected 4 trials packed on a GPU at once, saw {peak}"
+
+
+def test_local_storage_refused_on_multinode(two_gpu_workers):
+    spec = _spec(storage_shared=False, search={"num_samples": 1})
+    with pytest.raises(SpecError, match=r"^storage: with 3 nodes.*s3://"):
+        run_experiment(spec, {"name": "packing"})
+    assert not Path("ray_results").exists()
