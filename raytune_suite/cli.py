@@ -184,7 +184,7 @@ def _cluster(args) -> int:
     from raytune_suite.cluster import check_cluster_file
 
     check_cluster_file(args.file)
-    print(f"{args.file}: ok (Ray's schema and the security rules)")
+    print(f"{args.file}: ok (schema and security rules)")
     return 0
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import importlib.resources
+import io
 import ipaddress
 import json
 import logging
@@ -75,6 +76,12 @@ def check_cluster_file(path: str | Path) -> None:
 
 
 def _problems(path: Path) -> list[SpecError]:
+    # One per distinct line: a command may repeat the same setting.
+    unique = {str(p): p for p in _all_problems(path)}
+    return list(unique.values())
+
+
+def _all_problems(path: Path) -> list[SpecError]:
     docs, problems = _load_documents(path)
     if problems:
         return problems
@@ -131,7 +138,6 @@ def _ray_checks(raw: dict) -> list[SpecError]:
     ``resources`` AWS detects from the instance type, is stood in for by ``{}``.
     """
     import jsonschema
-
     from ray.autoscaler._private.util import prepare_config, validate_config
 
     problems = _local_provider_problems(raw)
@@ -175,15 +181,20 @@ def _ray_checks(raw: dict) -> list[SpecError]:
 
 
 @contextlib.contextmanager
-def _quiet(logger_name: str) -> Iterator[None]:
-    """Keep Ray's INFO notes about filled-in defaults out of the user's terminal."""
-    logger = logging.getLogger(logger_name)
-    level = logger.level
-    logger.setLevel(logging.WARNING)
+def _quiet(*logger_names: str) -> Iterator[None]:
+    """Keep Ray's notes for `ray up` out of the user's terminal: filled-in defaults (logging)
+    and its Docker-only warning that single-file mounts do not update inside containers
+    (``cli_logger``, which writes straight to stdout)."""
+    loggers = [logging.getLogger(name) for name in logger_names]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
     try:
-        yield
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
     finally:
-        logger.setLevel(level)
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
 
 
 def _local_provider_problems(raw: dict) -> list[SpecError]:
@@ -291,10 +302,12 @@ def _token_auth_problems(raw: dict, config: dict) -> list[SpecError]:
         if "RAY_AUTH_MODE=" not in command:
             problems.append(SpecError(field, "must run `ray start` with RAY_AUTH_MODE=token "
                                       "(prefix it with `export RAY_AUTH_MODE=token;`): a head "
-                                      "then requires the token, a worker presents it"
+                                      "then requires the token, and a worker without it is "
+                                      "refused by a token-authenticated head"
                                       + _default_note(raw, config, field.split("[")[0]), command))
     token_paths = {DEFAULT_TOKEN_PATH} | {
-        p for _, c in _commands(config) for p in re.findall(r"\bRAY_AUTH_TOKEN_PATH=[\"']?([^\s\"';]+)", c)}
+        p for _, c in _commands(config)
+        for p in re.findall(r"\bRAY_AUTH_TOKEN_PATH=[\"']?([^\s\"';]+)", c)}
     mounts = _mapping(config.get("file_mounts"))
     if not any(_same_path(remote, token_paths) for remote in mounts):
         problems.append(SpecError("file_mounts", "must copy the auth token to every node, e.g. "
@@ -348,8 +361,9 @@ def _ingress_problems(config: dict) -> list[SpecError]:
         for name, node_type in node_types.items():
             node_config = _mapping(_mapping(node_type).get("node_config"))
             interfaces = node_config.get("NetworkInterfaces")
+            interfaces = interfaces if isinstance(interfaces, list) else []
             groups = node_config.get("SecurityGroupIds") or any(
-                _mapping(nic).get("Groups") for nic in (interfaces if isinstance(interfaces, list) else []))
+                _mapping(nic).get("Groups") for nic in interfaces)
             if not groups:
                 problems.append(SpecError(
                     f"available_node_types.{name}.node_config.SecurityGroupIds",
@@ -398,7 +412,8 @@ def _launcher_mlflow_problems(raw: dict, config: dict) -> list[SpecError]:
         problems.append(SpecError("head_start_ray_commands", "must start the MLflow tracking "
                                   "server on the head: `nohup mlflow server --host 127.0.0.1 "
                                   "--app-name basic-auth --backend-store-uri sqlite:///... "
-                                  "--artifacts-destination ... &` (here or in head_setup_commands)"))
+                                  "--artifacts-destination ... &` (here or in "
+                                  "head_setup_commands)"))
     for field, args in servers:
         problems += _mlflow_server_problems(field, args)
     return problems
@@ -445,7 +460,7 @@ def _raycluster_problems(prefix: str, doc: dict) -> list[SpecError]:
     spec = doc.get("spec")
     if not isinstance(spec, dict):
         return problems + [SpecError(f"{prefix}.spec", "must be a mapping with headGroupSpec "
-                                     "and workerGroupSpecs", spec if spec is not None else _NOTHING)]
+                                     "and workerGroupSpecs", _given(spec))]
     head = spec.get("headGroupSpec")
     workers = spec.get("workerGroupSpecs")
     groups: list[tuple[str, dict]] = []
@@ -453,19 +468,19 @@ def _raycluster_problems(prefix: str, doc: dict) -> list[SpecError]:
         groups.append((f"{prefix}.spec.headGroupSpec", head))
     else:
         problems.append(SpecError(f"{prefix}.spec.headGroupSpec", "is required: a mapping with "
-                                  "rayStartParams and template", head if head is not None else _NOTHING))
+                                  "rayStartParams and template", _given(head)))
     if isinstance(workers, list) and workers:
         for i, group in enumerate(workers):
             field = f"{prefix}.spec.workerGroupSpecs[{i}]"
             if not isinstance(group, dict):
-                problems.append(SpecError(field, "must be a mapping with groupName and template", group))
+                problems.append(SpecError(field, "must be a mapping with groupName and "
+                                          "template", group))
                 continue
             groups.append((field, group))
             problems += _worker_group_problems(field, group)
     else:
         problems.append(SpecError(f"{prefix}.spec.workerGroupSpecs", "must list at least one "
-                                  "worker group (the GPU workers)",
-                                  workers if workers is not None else _NOTHING))
+                                  "worker group (the GPU workers)", _given(workers)))
     auth_by_operator = _mapping(spec.get("authOptions")).get("mode") == "token"
     for field, group in groups:
         problems += _pod_auth_problems(field, group, auth_by_operator)
@@ -542,12 +557,13 @@ def _pod_auth_problems(field: str, group: dict, auth_by_operator: bool) -> list[
             problems.append(SpecError(f"{where}.env", "must set RAY_AUTH_MODE=token on every "
                                       "container (or spec.authOptions.mode: token with KubeRay "
                                       ">= 1.5.1)", container.get("name", _NOTHING)))
-        if "RAY_AUTH_TOKEN" in by_name and "value" in by_name["RAY_AUTH_TOKEN"][1]:
+        literal = "RAY_AUTH_TOKEN" in by_name and "value" in by_name["RAY_AUTH_TOKEN"][1]
+        if literal:
             k, entry = by_name["RAY_AUTH_TOKEN"]
             problems.append(SpecError(f"{where}.env[{k}].value", "must not hold the auth token "
                                       "itself: use valueFrom.secretKeyRef (a Kubernetes Secret)",
                                       f"<{len(str(entry['value']))} characters>"))
-        if j == 0 and not auth_by_operator and not _token_from_secret(container, pod, by_name):
+        elif j == 0 and not auth_by_operator and not _token_from_secret(container, pod, by_name):
             problems.append(SpecError(f"{where}.env", "must give the Ray container the token "
                                       "from a Secret: RAY_AUTH_TOKEN with valueFrom.secretKeyRef, "
                                       "or RAY_AUTH_TOKEN_PATH to a file of a mounted Secret volume",
@@ -575,8 +591,8 @@ def _containers(group: dict) -> list[dict]:
 
 def _mlflow_servers_in(container: dict) -> list[list[str]]:
     words = [str(w) for w in (container.get("command") or []) + (container.get("args") or [])]
-    return list(_invocations_in([words] + [c for w in words if _looks_like_script(w)
-                                            for c in _simple_commands(w)], "mlflow", ("server", "ui")))
+    scripts = [c for w in words if _looks_like_script(w) for c in _simple_commands(w)]
+    return list(_invocations_in([words] + scripts, "mlflow", ("server", "ui")))
 
 
 # --------------------------------------------------------------------------------------------
@@ -762,6 +778,10 @@ def _dotted(path: list) -> str:
     for part in path:
         text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
     return text or "<file>"
+
+
+def _given(value: Any) -> Any:
+    return _NOTHING if value is None else value
 
 
 def _mapping(value: Any) -> dict:
