@@ -99,7 +99,9 @@ def build_tuner(spec: ExperimentSpec, callbacks: list, data=None):
         scheduler=algorithms.make_scheduler(spec),
         num_samples=spec.search.num_samples,
         # A fresh worker process per trial costs ~2 s here; trials clean their own state.
-        reuse_actors=True,
+        # Not with synchronous PBT: its paused trials' cached actors can starve a trial
+        # that never started, and the population then waits for it forever.
+        reuse_actors=not (spec.scheduler.type == "pbt" and spec.scheduler.synch),
         time_budget_s=spec.stop.time_budget_s,
         trial_dirname_creator=trial_dirname,
     )
