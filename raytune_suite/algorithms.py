@@ -74,6 +74,7 @@ def _pbt(spec: "ExperimentSpec"):
         quantile_fraction=s.quantile_fraction,
         resample_probability=s.resample_probability,
         synch=s.synch,
+        custom_explore_fn=spec.search_space.clip,
     )
 
 

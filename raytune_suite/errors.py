@@ -46,5 +46,13 @@ class SpecErrors(SpecError):
         Exception.__init__(self, "\n".join(str(e) for e in errors))
 
 
+def token_auth_error(address: str) -> SpecError:
+    """The cluster refused us: Ray's token authentication (on by default since 2.60)."""
+    return SpecError("--address", "the cluster refused the request: token authentication "
+                                  "failed; set RAY_AUTH_MODE=token and provide the cluster's "
+                                  "token (~/.ray/auth_token, RAY_AUTH_TOKEN_PATH or "
+                                  "RAY_AUTH_TOKEN)", address)
+
+
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be trusted: corrupt, truncated or for another model."""

@@ -17,7 +17,7 @@ from typing import Optional
 import yaml
 
 import raytune_suite
-from raytune_suite.errors import SpecError
+from raytune_suite.errors import SpecError, token_auth_error
 from raytune_suite.spec import load_spec
 
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
@@ -35,10 +35,7 @@ def _client(address: str):
 def _address_error(address: str, e: Exception) -> SpecError:
     text = " ".join(str(e).split())
     if "401" in text or "Unauthorized" in text or "uthenticat" in type(e).__name__ + text:
-        return SpecError("--address", "the cluster refused the request: token authentication "
-                                      "failed; set RAY_AUTH_MODE=token and provide the "
-                                      "cluster's token (~/.ray/auth_token, RAY_AUTH_TOKEN_PATH "
-                                      "or RAY_AUTH_TOKEN)", address)
+        return token_auth_error(address)
     return SpecError("--address", f"no Ray dashboard answered there ({text[:200]}); with a "
                                   "launcher cluster run `ray dashboard CLUSTER.yaml` first and "
                                   "use http://127.0.0.1:8265", address)

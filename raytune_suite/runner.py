@@ -11,7 +11,7 @@ from typing import Any, Optional
 import yaml
 
 from raytune_suite import algorithms
-from raytune_suite.errors import SpecError
+from raytune_suite.errors import SpecError, token_auth_error
 from raytune_suite.report import TrialSummary, summarize
 from raytune_suite.spec import ExperimentSpec, validate
 from raytune_suite.trainables import BUILTIN, resolve_trainable
@@ -150,10 +150,7 @@ def init_ray(address: Optional[str]) -> None:
                                      "out for embedded Ray", address) from None
     except Exception as e:  # noqa: BLE001 - auth failures come as several types
         if "uthenticat" in type(e).__name__ + str(e):
-            raise SpecError("--address", "the cluster refused the connection: token "
-                                         "authentication failed; set RAY_AUTH_MODE=token and "
-                                         "provide the cluster's token (~/.ray/auth_token or "
-                                         "RAY_AUTH_TOKEN)", address) from None
+            raise token_auth_error(address) from None
         raise
 
 

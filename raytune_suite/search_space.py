@@ -93,6 +93,23 @@ class SearchSpace:
                 out[k] = _domain_to_tune(v)
         return out
 
+    def clip(self, config: dict[str, Any]) -> dict[str, Any]:
+        """Bring PBT-perturbed values back inside their domains (in place; returned).
+
+        Ray's PBT perturbs a continuous value by x0.8 or x1.2 without looking at its
+        bounds, so momentum from uniform [0.5, 0.99] can become 1.19 and kill the trial.
+        Used as PBT's ``custom_explore_fn``.
+        """
+        for path, domain in self.leaves():
+            *parents, key = path.split(".")
+            node = config
+            for p in parents:
+                node = node.get(p) if isinstance(node, dict) else None
+            if not isinstance(node, dict) or key not in node:
+                continue
+            node[key] = _clip_value(domain, node[key])
+        return config
+
     def pbt_mutations(self) -> dict[str, Any]:
         """PBT ``hyperparam_mutations`` derived from the same entries.
 
@@ -112,6 +129,20 @@ class SearchSpace:
             else:
                 out[k] = _domain_to_tune(v)
         return out
+
+
+def _clip_value(domain: Domain, value: Any) -> Any:
+    if domain.kind not in ("uniform", "loguniform", "quniform", "qloguniform", "randint") \
+            or not _is_number(value):
+        return value  # choices are resampled from their options; normal is unbounded
+    low, high = domain.args[0], domain.args[1]
+    if domain.kind == "randint":
+        return int(min(max(round(value), low), high - 1))  # high is exclusive
+    value = min(max(value, low), high)
+    if domain.kind in ("quniform", "qloguniform"):
+        q = domain.args[2]
+        value = min(max(round(value / q) * q, low), high)
+    return value
 
 
 def _constant(option: Any) -> Any:

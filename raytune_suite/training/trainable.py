@@ -104,12 +104,21 @@ def train_classifier(config: dict, checkpoint_every: int = 1,
     while not trainer.finished:
         metrics = {**trainer.run_epoch(), **extra}
         extra = {}
-        if trainer.epoch % checkpoint_every and not trainer.finished:
-            tune.report(metrics)
-            continue
-        with tempfile.TemporaryDirectory() as directory:
-            ckpt.save(directory, {**trainer.state_dict(), "metrics": metrics})
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
+        _report(metrics, trainer.epoch, trainer.finished, checkpoint_every,
+                lambda: {**trainer.state_dict(), "metrics": metrics})
+
+
+def _report(metrics: dict, epoch: int, done: bool, checkpoint_every: int, state) -> None:
+    """Report an epoch to Tune, with a checkpoint every ``checkpoint_every`` epochs and
+    at the end (``state`` builds the checkpoint's contents only when one is due)."""
+    from ray import tune
+
+    if epoch % checkpoint_every and not done:
+        tune.report(metrics)
+        return
+    with tempfile.TemporaryDirectory() as directory:
+        ckpt.save(directory, state())
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
 
 
 def _train_cross_validated(cfg: ClassifierConfig, device: torch.device,
@@ -138,15 +147,10 @@ def _train_cross_validated(cfg: ClassifierConfig, device: torch.device,
             metrics[key] = float(values.mean())
             if key.startswith("val_"):
                 metrics[f"{key}_std"] = float(values.std())
-        done = all(t.finished for t in trainers)
-        if trainers[0].epoch % checkpoint_every and not done:
-            tune.report(metrics)
-            continue
-        first = trainers[0].state_dict()
-        state = {**first, "folds": [t.state_dict() for t in trainers], "metrics": metrics}
-        with tempfile.TemporaryDirectory() as directory:
-            ckpt.save(directory, state)
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
+        _report(metrics, trainers[0].epoch, all(t.finished for t in trainers),
+                checkpoint_every,
+                lambda: {**trainers[0].state_dict(), "metrics": metrics,
+                         "folds": [t.state_dict() for t in trainers]})
 
 
 def load_arrays_for(config: dict) -> Optional[Arrays]:

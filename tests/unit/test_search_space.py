@@ -85,6 +85,17 @@ def test_pbt_mutations_derived_from_same_entries():
     assert "optimizer" not in muts  # conditional: not mutable
 
 
+def test_clip_keeps_pbt_perturbations_inside_their_domains():
+    space = parse({"momentum": {"uniform": [0.5, 0.99]}, "lr": {"loguniform": [1e-4, 1e-1]},
+                   "layers": {"randint": [1, 4]}, "width": {"quniform": [0.25, 1.0, 0.25]},
+                   "noise": {"normal": [0, 1]}, "bs": {"choice": [16, 32]},
+                   "opt": {"beta": {"uniform": [0.8, 0.9]}}})
+    config = {"momentum": 0.99 * 1.2, "lr": 1e-4 * 0.8, "layers": 3 * 1.2, "width": 0.8,
+              "noise": 7.0, "bs": 32, "opt": {"beta": 0.5}, "other": 123}
+    assert space.clip(config) == {"momentum": 0.99, "lr": 1e-4, "layers": 3, "width": 0.75,
+                                  "noise": 7.0, "bs": 32, "opt": {"beta": 0.8}, "other": 123}
+
+
 @pytest.mark.parametrize("name", list(algorithms.SCHEDULERS))
 def test_scheduler_registry_builds(name):
     sched = {"fifo": {"type": "fifo"}, "asha": {"type": "asha", "max_t": 5},
@@ -98,6 +109,7 @@ def test_scheduler_registry_builds(name):
         assert scheduler._perturbation_interval == 2
         assert scheduler._time_attr == "training_iteration"
         assert set(scheduler._hyperparam_mutations) == {"lr"}
+        assert scheduler._custom_explore_fn({"lr": 0.5}) == {"lr": 0.1}  # clipped to domain
     if name == "asha":
         assert scheduler._max_t == 5
 
