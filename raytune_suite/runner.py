@@ -159,11 +159,11 @@ def check_storage(spec: ExperimentSpec) -> None:
     checkpoints through it); a local path only exists on the driver's machine."""
     import ray
 
-    nodes = [n for n in ray.nodes() if n.get("Alive")]
-    if len(nodes) <= 1 or "://" in spec.storage or spec.storage_shared:
+    nodes = _alive_nodes()
+    if nodes <= 1 or "://" in spec.storage or spec.storage_shared:
         return
     ray.shutdown()
-    raise SpecError("storage", f"with {len(nodes)} nodes, results and checkpoints must go to "
+    raise SpecError("storage", f"with {nodes} nodes, results and checkpoints must go to "
                                "storage every node sees: an NFS path mounted on all nodes (then "
                                "also set storage_shared: true) or a URI such as "
                                "s3://bucket/path", spec.storage)
@@ -278,10 +278,14 @@ def _tracking_uri(spec: ExperimentSpec) -> Optional[str]:
     return resolve_tracking_uri(spec.tracking.mlflow.tracking_uri)
 
 
-def _warn_sqlite_on_cluster(uri: Optional[str]) -> None:
+def _alive_nodes() -> int:
     import ray
 
-    if uri and uri.startswith("sqlite:") and len([n for n in ray.nodes() if n.get("Alive")]) > 1:
+    return sum(1 for n in ray.nodes() if n.get("Alive"))
+
+
+def _warn_sqlite_on_cluster(uri: Optional[str]) -> None:
+    if uri and uri.startswith("sqlite:") and _alive_nodes() > 1:
         logger.warning("MLflow logs to %s from the driver only (workers never write to it); "
                        "with several users or drivers use a tracking server: "
                        "tracking.mlflow.tracking_uri: http://HEAD:5000", uri)

@@ -301,15 +301,31 @@ def apply_override(raw: dict, item: str) -> None:
 
 
 def _schema_wants_str(parts: list[str]) -> bool:
+    return _type_at(parts) is str
+
+
+_SCHEDULER_VARIANTS = {"fifo": FifoSpec, "asha": AshaSpec, "pbt": PbtSpec}
+
+
+def _type_at(path) -> Any:
+    """The schema's type at a field path; None where the path leaves the schema
+    (free-form ``config.*``, or an unknown key that validation reports anyway).
+
+    Under ``scheduler``, pydantic's error paths carry the variant's tag (``asha``); a
+    plain field name is looked up on ASHA, since the variants share their field types.
+    """
     model: Any = ExperimentSpec
-    for p in parts:
+    for p in path:
+        if model == Union[FifoSpec, AshaSpec, PbtSpec]:
+            if p in _SCHEDULER_VARIANTS:
+                model = _SCHEDULER_VARIANTS[p]
+                continue
+            model = AshaSpec
         fields = getattr(model, "model_fields", None)
         if not fields or p not in fields:
-            return False  # free-form (config.*) or unknown: validation reports it
-        annotation = _unwrap(fields[p].annotation)
-        # Scheduler variants share their field types; any of them answers.
-        model = AshaSpec if annotation == Union[FifoSpec, AshaSpec, PbtSpec] else annotation
-    return model is str
+            return None
+        model = _unwrap(fields[p].annotation)
+    return model
 
 
 def _unwrap(annotation: Any) -> Any:
@@ -382,13 +398,4 @@ def _display_loc(loc: tuple) -> str:
 
 
 def _valid_keys(loc: tuple) -> list[str]:
-    model: Any = ExperimentSpec
-    for p in loc:
-        if p in algorithms.SCHEDULERS:
-            model = {"fifo": FifoSpec, "asha": AshaSpec, "pbt": PbtSpec}[p]
-            continue
-        fields = getattr(model, "model_fields", {})
-        if p not in fields:
-            return []
-        model = _unwrap(fields[p].annotation)
-    return list(getattr(model, "model_fields", {}))
+    return list(getattr(_type_at(loc), "model_fields", {}))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from torch import nn

@@ -2,7 +2,6 @@
 
 import textwrap
 
-import pytest
 
 from helpers import EXPERIMENTS, mlflow_runs
 from raytune_suite.runner import run_experiment
