@@ -41,18 +41,18 @@ def _address_error(address: str, e: Exception) -> SpecError:
                                   "use http://127.0.0.1:8265", address)
 
 
-def _absolute(raw: dict, base: Path) -> dict:
+def _absolute(raw: dict, spec) -> dict:
     """Relative storage and SQLite paths mean the submitter's folder, not the job's
     temporary working_dir (which Ray deletes)."""
+    from raytune_suite.tracking import resolve_tracking_uri
+
     raw = dict(raw)
-    storage = str(raw.get("storage", "./ray_results"))
-    if "://" not in storage:
-        raw["storage"] = str((base / storage).resolve())
-    mlflow = dict(raw.get("tracking", {}).get("mlflow", {}) or {})
-    uri = str(mlflow.get("tracking_uri", "sqlite:///mlflow.db"))
-    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        mlflow["tracking_uri"] = "sqlite:///" + str((base / uri[len("sqlite:///"):]).resolve())
-        raw["tracking"] = {**raw.get("tracking", {}), "mlflow": mlflow}
+    if "://" not in spec.storage:
+        raw["storage"] = str(Path(spec.storage).expanduser().resolve())
+    tracking = dict(raw.get("tracking") or {})
+    tracking["mlflow"] = {**(tracking.get("mlflow") or {}),
+                          "tracking_uri": resolve_tracking_uri(spec.tracking.mlflow.tracking_uri)}
+    raw["tracking"] = tracking
     return raw
 
 
@@ -64,7 +64,7 @@ def submit(file: str, overrides: list[str], address: str, wait: bool = True,
         The job id and, with ``wait``, its final status (after streaming its logs).
     """
     spec, raw = load_spec(file, overrides)  # mistakes end here, before the cluster is asked
-    raw = _absolute(raw, Path.cwd())
+    raw = _absolute(raw, spec)
     py_modules = [str(Path(raytune_suite.__file__).parent)]
     if ":" in spec.trainable and not spec.trainable.startswith("raytune_suite"):
         module = __import__(spec.trainable.split(":")[0].split(".")[0])
