@@ -11,9 +11,10 @@ import json
 import sys
 from typing import Optional, Sequence
 
-from raytune_suite.errors import SpecError
+from raytune_suite.errors import Interrupted, SpecError
 
 EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report Ctrl-C
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -46,6 +47,10 @@ def _parser() -> argparse.ArgumentParser:
     best.add_argument("--evaluate", action="store_true",
                       help="score the best checkpoint on the held-out test split "
                            "(built-in classifier)")
+    sync = sub.add_parser("mlflow-sync", help="backfill MLflow from an experiment's Ray "
+                                               "results (after a tracking-server outage)")
+    sync.add_argument("experiment", help="a results folder, or a name under ./ray_results")
+
     sub_ = sub.add_parser("submit", help="run an experiment file as a Ray Job on a cluster")
     sub_.add_argument("file")
     sub_.add_argument("--address", required=True,
@@ -75,9 +80,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         for line in str(e).splitlines():
             print(f"error: {line}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except Interrupted as e:
+        print(f"\ninterrupted: the experiment's state is saved in {e.path}\n"
+              f"resume it with: raytune-suite resume {e.path}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
 
 
 def _validate(args) -> int:
@@ -112,14 +121,19 @@ def _print_outcome(outcome) -> None:
     from raytune_suite.runner import mlflow_hint
 
     spec = outcome.spec
+    diverged = [t for t in outcome.trials if t.status == "DIVERGED"]
     print()
-    print(f"{spec.name}: {len(outcome.trials)} trials, {outcome.errors} errored; "
-          f"top {min(5, len(outcome.trials))} by {spec.metric} ({spec.mode}):")
+    print(f"{spec.name}: {len(outcome.trials)} trials, {outcome.errors} errored, "
+          f"{len(diverged)} diverged; top {min(5, len(outcome.trials))} by {spec.metric} "
+          f"({spec.mode}):")
     print(leaderboard(outcome.trials, spec.metric))
     print(f"\nresults: {outcome.path}")
     print(f"best:    raytune-suite best {outcome.path}")
     if outcome.tracking_uri:
         print(f"mlflow:  {mlflow_hint(outcome.tracking_uri)}")
+    if outcome.mlflow_offline:
+        print(f"warning: MLflow missed part of this search ({outcome.mlflow_offline}); once "
+              f"it is back: raytune-suite mlflow-sync {outcome.path}", file=sys.stderr)
 
 
 def _best(args) -> int:
@@ -163,6 +177,15 @@ def _evaluate(outcome, best) -> dict:
     return evaluate_checkpoint(best.checkpoint)
 
 
+def _mlflow_sync(args) -> int:
+    from raytune_suite.sync import sync_experiment
+
+    r = sync_experiment(args.experiment)
+    print(f"{r.path}: {r.trials} trials in {r.tracking_uri}; created {r.runs_created} runs, "
+          f"logged {r.metrics_logged} metric values, closed {r.runs_closed} runs")
+    return 0
+
+
 def _submit(args) -> int:
     from raytune_suite.jobs import submit
 
@@ -189,7 +212,8 @@ def _cluster(args) -> int:
 
 
 _COMMANDS = {"run": _run, "validate": _validate, "resume": _resume, "best": _best,
-             "submit": _submit, "status": _status, "cluster": _cluster}
+             "submit": _submit, "status": _status, "cluster": _cluster,
+             "mlflow-sync": _mlflow_sync}
 
 
 if __name__ == "__main__":

@@ -56,3 +56,11 @@ def token_auth_error(address: str) -> SpecError:
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be trusted: corrupt, truncated or for another model."""
+
+
+class Interrupted(Exception):
+    """The search was stopped by the user (Ctrl-C); its state is saved and resumable."""
+
+    def __init__(self, path: str):
+        self.path = path
+        super().__init__(f"interrupted; the experiment is saved at {path}")

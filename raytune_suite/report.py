@@ -13,7 +13,7 @@ class TrialSummary:
     config: dict[str, Any]  # the searched values only
     best: Optional[float]  # best value of the metric over the trial's epochs
     epochs: int  # training iterations the trial ran
-    status: str
+    status: str  # TERMINATED, ERROR or DIVERGED
     checkpoint: Optional[str]  # folder of the best retained checkpoint
 
 
@@ -28,12 +28,15 @@ def _get(config: dict, dotted: str) -> Any:
 
 def summarize(results, metric: str, mode: str, searched: list[str]) -> list[TrialSummary]:
     """One summary per trial of a Ray ``ResultGrid``, best first; trials with no finite
-    value of the metric come last."""
+    value of the metric come last, and so do diverged trials (a NaN or inf loss): their
+    earlier epochs do not make a model anyone should pick."""
     rows = []
     for r in results:
         history = r.metrics_dataframe
+        metrics = r.metrics or {}
+        diverged = bool(metrics.get("diverged"))
         values = ([float(v) for v in history[metric] if _finite(v)]
-                  if history is not None and metric in history else [])
+                  if history is not None and metric in history and not diverged else [])
         best = (max(values) if mode == "max" else min(values)) if values else None
         ckpt = None
         if r.best_checkpoints:
@@ -43,13 +46,12 @@ def summarize(results, metric: str, mode: str, searched: list[str]) -> list[Tria
                 ckpt = pick(scored, key=lambda cm: cm[1])[0].path
             else:
                 ckpt = r.best_checkpoints[-1][0].path
-        metrics = r.metrics or {}
         rows.append(TrialSummary(
             trial_id=str(metrics.get("trial_id", r.path.rsplit("/", 1)[-1])),
             config={k: _get(r.config or {}, k) for k in searched},
             best=best,
             epochs=int(metrics.get("training_iteration", 0)),
-            status="ERROR" if r.error else "TERMINATED",
+            status="ERROR" if r.error else "DIVERGED" if diverged else "TERMINATED",
             checkpoint=ckpt,
         ))
     sign = -1 if mode == "max" else 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -11,7 +12,7 @@ from typing import Any, Optional
 import yaml
 
 from raytune_suite import algorithms
-from raytune_suite.errors import SpecError, token_auth_error
+from raytune_suite.errors import Interrupted, SpecError, token_auth_error
 from raytune_suite.report import TrialSummary, summarize
 from raytune_suite.spec import ExperimentSpec, validate
 from raytune_suite.trainables import BUILTIN, resolve_trainable
@@ -19,7 +20,7 @@ from raytune_suite.trainables import BUILTIN, resolve_trainable
 logger = logging.getLogger(__name__)
 
 SPEC_FILE = "raytune_suite.yaml"  # the experiment file as run (after --set)
-STATE_FILE = "raytune_suite.json"  # tracking URI and parent run of the search
+STATE_FILE = "raytune_suite.json"  # tracking URI, parent run, whether MLflow has gaps
 
 
 @dataclass
@@ -31,6 +32,7 @@ class Outcome:
     trials: list[TrialSummary]
     errors: int
     tracking_uri: Optional[str]
+    mlflow_offline: Optional[str] = None  # why MLflow stopped logging mid-search, if it did
 
     @property
     def best(self) -> Optional[TrialSummary]:
@@ -185,6 +187,10 @@ def run_experiment(spec: ExperimentSpec, raw: dict[str, Any], address: Optional[
                                 f"`raytune-suite resume {path}` or pick another name "
                                 "(--set name=...)", spec.name)
     uri = _tracking_uri(spec) if use_mlflow else None
+    if uri:
+        from raytune_suite.tracking import check_reachable
+
+        check_reachable(uri)
     data = shared_data(spec)
     init_ray(address)
     check_storage(spec)
@@ -201,12 +207,28 @@ def run_experiment(spec: ExperimentSpec, raw: dict[str, Any], address: Optional[
             params={"searcher": spec.search.algorithm, "scheduler": spec.scheduler.type,
                     "num_samples": spec.search.num_samples, "metric": spec.metric,
                     "mode": spec.mode, "trainable": spec.trainable})
-        callbacks.append(tracking.TrialRunsCallback(uri, spec.mlflow_experiment,
-                                                    state["parent_run_id"], spec.max_t))
     (path / STATE_FILE).write_text(json.dumps(state))
-    tuner = build_tuner(spec, callbacks, _to_object_store(data))
+    tuner = build_tuner(spec, _callbacks(spec, path, state), _to_object_store(data))
     del data  # the object store holds it now; a driver copy would double its memory
-    return _fit_and_finish(spec, tuner, path, state)
+    try:
+        return _fit_and_finish(spec, tuner, path, state)
+    except SpecError:
+        # The trainable broke the experiment's contract (no metric): nothing worth
+        # resuming was made; leave no folder behind that would block the fixed rerun.
+        import shutil
+
+        shutil.rmtree(path, ignore_errors=True)
+        raise
+
+
+def _callbacks(spec: ExperimentSpec, path: Path, state: dict) -> list:
+    if not state.get("parent_run_id"):
+        return []
+    from raytune_suite import tracking
+
+    tracking.configure_client()
+    return [tracking.TrialRunsCallback(state["tracking_uri"], spec.mlflow_experiment,
+                                       state["parent_run_id"], spec.max_t, str(path))]
 
 
 def resume_experiment(ref: str, address: Optional[str] = None) -> Outcome:
@@ -216,7 +238,7 @@ def resume_experiment(ref: str, address: Optional[str] = None) -> Outcome:
     path = resolve_experiment(ref)
     raw = yaml.safe_load((path / SPEC_FILE).read_text())
     spec = validate(raw)
-    state = json.loads((path / STATE_FILE).read_text())
+    state = _read_state(path)
     if not tune.Tuner.can_restore(str(path)):
         raise SpecError("EXPERIMENT", "has no Ray Tune state to restore (it never started)",
                         str(path))
@@ -226,48 +248,128 @@ def resume_experiment(ref: str, address: Optional[str] = None) -> Outcome:
     if state.get("parent_run_id"):
         from raytune_suite import tracking
 
-        tracking.reopen_run(state["tracking_uri"], state["parent_run_id"])
+        tracking.configure_client()
+        try:
+            tracking.reopen_run(state["tracking_uri"], state["parent_run_id"])
+        except Exception as e:  # noqa: BLE001 - resuming matters more than the log
+            raise SpecError("tracking.mlflow.tracking_uri",
+                            f"the search's MLflow run could not be reopened "
+                            f"({tracking.short_reason(e)}); start the server, or resume "
+                            "and backfill later with `raytune-suite mlflow-sync`",
+                            state["tracking_uri"]) from None
     tuner = tune.Tuner.restore(str(path), trainable=_trainable(spec, _to_object_store(data)),
                                resume_unfinished=True, resume_errored=True)
     del data
     return _fit_and_finish(spec, tuner, path, state)
 
 
+_NO_METRIC = re.compile(r"did not include the specified metric\(s\) `([^`]+)`.*?Result: (\{.*)",
+                        re.S)
+_RAY_KEYS = {"timestamp", "checkpoint_dir_name", "done", "training_iteration", "trial_id",
+             "date", "time_this_iter_s", "time_total_s", "pid", "hostname", "node_ip",
+             "time_since_restore", "iterations_since_restore", "experiment_tag"}
+
+
+def _missing_metric_error(error: BaseException, spec: ExperimentSpec) -> Optional[SpecError]:
+    """Ray's strict metric check (first result without the experiment's metric) as one
+    line naming the metric and what the trainable reported instead."""
+    found = _NO_METRIC.search(str(error))
+    if not found:
+        return None
+    keys = [k for k in re.findall(r"'([^']+)':", found.group(2))
+            if k not in _RAY_KEYS and not k.startswith("config/")]
+    return SpecError("metric", f"must be reported by the trainable {spec.trainable} "
+                               f"(it reported {', '.join(keys) or 'no metrics'}); add it to "
+                               "tune.report(...) or change metric", found.group(1))
+
+
 def _fit_and_finish(spec: ExperimentSpec, tuner, path: Path, state: dict) -> Outcome:
     uri, parent = state.get("tracking_uri"), state.get("parent_run_id")
     try:
         results = tuner.fit()
-    except BaseException:
+    except BaseException as e:
         if parent:
-            from raytune_suite import tracking
-
-            tracking.finish_search_run(uri, parent, None, status="KILLED")
+            _close_mlflow(uri, parent, {}, spec.max_t,
+                          "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
+        error = _missing_metric_error(e, spec)
+        if error:
+            raise error from None
         raise
+    trials = {t.trial_id: t for t in results._experiment_analysis.trials}
+    interrupted = any(t.status not in ("TERMINATED", "ERROR") for t in trials.values())
+    offline = _read_state(path).get("mlflow_offline")  # set by the callback if MLflow failed
+    if parent and not offline:
+        offline = _close_mlflow(uri, parent, trials, spec.max_t,
+                                "KILLED" if interrupted else None)
+    if interrupted:
+        raise Interrupted(str(path))
     searched = [p for p, _ in spec.search_space.leaves()]
-    trials = summarize(results, spec.metric, spec.mode, searched)
-    outcome = Outcome(spec, str(path), trials, len(results.errors), uri)
-    if parent:
+    outcome = Outcome(spec, str(path), summarize(results, spec.metric, spec.mode, searched),
+                      len(results.errors), uri, offline)
+    if parent and not offline:
         from raytune_suite import tracking
 
         best = outcome.best
-        tracking.finish_search_run(uri, parent, best and {
-            "metric": spec.metric, "value": best.best, "trial_id": best.trial_id,
-            "checkpoint": best.checkpoint, "config": best.config})
+        try:
+            tracking.finish_search_run(uri, parent, best and {
+                "metric": spec.metric, "value": best.best, "trial_id": best.trial_id,
+                "checkpoint": best.checkpoint, "config": best.config})
+        except Exception as e:  # noqa: BLE001 - the search itself succeeded
+            outcome.mlflow_offline = tracking.short_reason(e)
     return outcome
 
 
-def load_outcome(ref: str) -> Outcome:
-    """Summarise a finished experiment from its results folder (no Ray needed)."""
+def _read_state(path: Path) -> dict:
+    return json.loads((path / STATE_FILE).read_text())
+
+
+def update_state(path: str | Path, **changes: Any) -> None:
+    """Change fields of an experiment's saved state (atomically: a crash leaves the old
+    file or the new one). A value of None removes the field."""
+    path = Path(path)
+    state = {k: v for k, v in {**_read_state(path), **changes}.items()
+             if v is not None or k in ("tracking_uri", "parent_run_id")}
+    partial = path / f".{STATE_FILE}.partial"
+    partial.write_text(json.dumps(state))
+    partial.replace(path / STATE_FILE)
+
+
+def _close_mlflow(uri: str, parent: str, trials: dict, max_t: Optional[int],
+                  status: Optional[str]) -> Optional[str]:
+    """End the runs a stopped search leaves RUNNING in MLflow: trials Ray finished whose
+    end never reached MLflow (the driver was killed in between) are closed as Ray ended
+    them; unfinished ones (and the search run) get ``status`` (KILLED when interrupted).
+    Returns why MLflow could not be reached, or None."""
+    from raytune_suite import tracking
+
+    try:
+        tracking.close_open_runs(uri, parent, trials, max_t, status)
+        if status:
+            tracking.finish_search_run(uri, parent, None, status=status)
+    except Exception as e:  # noqa: BLE001 - never hide the search's own outcome
+        logger.warning("MLflow runs could not be closed (%s); backfill them later with "
+                       "raytune-suite mlflow-sync", tracking.short_reason(e))
+        return tracking.short_reason(e)
+    return None
+
+
+def load_results(ref: str):
+    """(folder, spec, saved state, Ray ``ResultGrid``) of an experiment (no Ray needed)."""
     from ray.tune import ExperimentAnalysis, ResultGrid
 
     path = resolve_experiment(ref)
     spec = validate(yaml.safe_load((path / SPEC_FILE).read_text()))
-    state = json.loads((path / STATE_FILE).read_text())
     analysis = ExperimentAnalysis(str(path), default_metric=spec.metric, default_mode=spec.mode)
-    results = ResultGrid(analysis)
+    return path, spec, _read_state(path), ResultGrid(analysis)
+
+
+def load_outcome(ref: str) -> Outcome:
+    """Summarise a finished experiment from its results folder (no Ray needed)."""
+    path, spec, state, results = load_results(ref)
     searched = [p for p, _ in spec.search_space.leaves()]
     trials = summarize(results, spec.metric, spec.mode, searched)
-    return Outcome(spec, str(path), trials, len(results.errors), state.get("tracking_uri"))
+    return Outcome(spec, str(path), trials, len(results.errors), state.get("tracking_uri"),
+                   state.get("mlflow_offline"))
 
 
 def _tracking_uri(spec: ExperimentSpec) -> Optional[str]:

@@ -5,8 +5,10 @@ so workers never need access to the tracking store.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Any, Optional
 
@@ -16,8 +18,9 @@ from ray.tune.utils import flatten_dict
 logger = logging.getLogger(__name__)
 
 TRIAL_ID_TAG = "ray.trial_id"
-OUTCOME_TAG = "raytune_suite.outcome"  # completed | stopped_early | errored
+OUTCOME_TAG = "raytune_suite.outcome"  # completed | stopped_early | diverged | errored
 ROLE_TAG = "raytune_suite.role"  # search | trial
+STOP_REASON_TAG = "raytune_suite.stop_reason"  # why a diverged trial stopped
 EXPERIMENT_PATH_TAG = "raytune_suite.experiment_path"
 
 # Ray's bookkeeping fields that are not worth a metric history in MLflow.
@@ -35,6 +38,47 @@ def resolve_tracking_uri(uri: str) -> str:
     return uri
 
 
+def configure_client() -> None:
+    """Fail over in seconds, not minutes. MLflow's HTTP client retries a request 7 times
+    with exponential backoff by default (about 4 minutes); the driver logs every result,
+    so a dead server would stall tuning. The user's own settings win."""
+    for name, value in (("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2"),
+                        ("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1"),
+                        ("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")):
+        os.environ.setdefault(name, value)
+
+
+def short_reason(error: BaseException) -> str:
+    """The useful part of an MLflow client error (``Connection refused``, a status code)."""
+    text = " ".join(str(error).split())
+    found = re.search(r"\[Errno -?\d+\] ([^'\")]+)", text)
+    return found.group(1).strip() if found else text[:200]
+
+
+def check_reachable(uri: str) -> None:
+    """Raise a :class:`SpecError` (before Ray starts) when runs cannot be logged to ``uri``.
+
+    A SQLite file's folder must exist (the file itself is created on first use); a
+    tracking server must answer a request within the client's timeout.
+    """
+    from raytune_suite.errors import SpecError
+
+    field = "tracking.mlflow.tracking_uri"
+    if uri.startswith("sqlite:///"):
+        folder = Path(uri[len("sqlite:///"):]).parent
+        if not folder.is_dir():
+            raise SpecError(field, f"the SQLite file's folder {folder} must exist", uri)
+        return
+    if uri.startswith(("http://", "https://")):
+        configure_client()
+        try:
+            mlflow_client(uri).search_experiments(max_results=1)
+        except Exception as e:  # noqa: BLE001 - connection, auth and server errors alike
+            raise SpecError(field, f"no MLflow tracking server answered ({short_reason(e)}); "
+                                   "start it, fix the URI, or run with --no-mlflow",
+                            uri) from None
+
+
 def ui_command(uri: str) -> str:
     """The command that shows these runs in the MLflow UI."""
     if uri.startswith("sqlite:"):
@@ -42,7 +86,7 @@ def ui_command(uri: str) -> str:
     return f"open {uri} in a browser"
 
 
-def _client(uri: str):
+def mlflow_client(uri: str):
     from mlflow.tracking import MlflowClient
 
     return MlflowClient(tracking_uri=uri)
@@ -54,26 +98,26 @@ def start_search_run(uri: str, experiment: str, run_name: str, experiment_path: 
     import mlflow
 
     mlflow.set_tracking_uri(uri)
-    client = _client(uri)
+    client = mlflow_client(uri)
     found = client.get_experiment_by_name(experiment)
     exp_id = found.experiment_id if found else client.create_experiment(experiment)
     run = client.create_run(exp_id, run_name=run_name, tags={
         ROLE_TAG: "search", EXPERIMENT_PATH_TAG: experiment_path})
     run_id = run.info.run_id
-    client.log_batch(run_id, params=[_param(k, v) for k, v in flatten_dict(params).items()])
+    client.log_batch(run_id, params=[param(k, v) for k, v in flatten_dict(params).items()])
     client.log_artifact(run_id, str(spec_file))
     return run_id
 
 
 def reopen_run(uri: str, run_id: str) -> None:
     """Mark a parent run RUNNING again on resume."""
-    _client(uri).update_run(run_id, status="RUNNING")
+    mlflow_client(uri).update_run(run_id, status="RUNNING")
 
 
 def finish_search_run(uri: str, run_id: str, best: Optional[dict[str, Any]],
                       status: str = "FINISHED") -> None:
     """Record the best trial on the parent run and close it."""
-    client = _client(uri)
+    client = mlflow_client(uri)
     if best:
         client.log_batch(
             run_id,
@@ -85,7 +129,7 @@ def finish_search_run(uri: str, run_id: str, best: Optional[dict[str, Any]],
     client.set_terminated(run_id, status=status)
 
 
-def _param(k, v):
+def param(k, v):
     from mlflow.entities import Param
 
     return Param(str(k), str(v)[:6000])
@@ -105,8 +149,48 @@ def _tag(k, v):
     return RunTag(str(k), str(v))
 
 
+def result_metrics(result: dict, step: int) -> list:
+    """The MLflow metrics of one Tune result: its numeric values, minus Ray's bookkeeping
+    and the ``config/...`` copy of the hyperparameters."""
+    metrics = []
+    for k, v in flatten_dict(result).items():
+        if k in _SKIP_METRICS or k.startswith("config/"):
+            continue
+        value = _as_float(v)
+        if value is not None:
+            metrics.append(_metric(k, value, step))
+    return metrics
+
+
+def trial_outcome(last_result: Optional[dict], failed: bool, stopped_early: bool
+                  ) -> tuple[str, str]:
+    """(outcome tag, MLflow run status) of a trial that ended."""
+    if failed:
+        return "errored", "FAILED"
+    if last_result and last_result.get("diverged"):
+        return "diverged", "FINISHED"
+    return ("stopped_early" if stopped_early else "completed"), "FINISHED"
+
+
+def _offline_safe(method):
+    """Run a callback method; the first MLflow failure turns the callback off for the rest
+    of the search (with one warning) instead of stopping the search."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        if self.offline:
+            return None
+        try:
+            return method(self, *args, **kwargs)
+        except Exception as e:  # noqa: BLE001 - MLflow raises many types; tuning goes on
+            self.go_offline(e)
+            return None
+
+    return wrapper
+
+
 class TrialRunsCallback(MLflowLoggerCallback):
-    """Ray's ``MLflowLoggerCallback`` with batched writes, lineage and outcomes.
+    """Ray's ``MLflowLoggerCallback`` with batched writes, lineage, outcomes and outages.
 
     Differences from the stock callback, each for a reason:
     - writes go through ``log_batch`` (one request per result instead of one per
@@ -114,29 +198,50 @@ class TrialRunsCallback(MLflowLoggerCallback):
     - every trial run carries the Ray trial id and the parent search run, and is found
       again by that id after ``raytune-suite resume`` instead of being duplicated;
     - the final status says how the trial ended: completed, stopped early by the
-      scheduler, or errored;
+      scheduler, diverged (NaN or inf loss; the reason is the ``stop_reason`` tag) or
+      errored;
     - PBT changes a trial's hyperparameters mid-run; MLflow params are immutable, so
-      later values are logged as ``config/<name>`` metrics.
+      later values are logged as ``config/<name>`` metrics;
+    - if the tracking server fails mid-search, tuning goes on: one warning, no more
+      MLflow calls (``offline`` says why), and ``raytune-suite mlflow-sync`` backfills
+      from Ray's results later.
     """
 
     def __init__(self, tracking_uri: str, experiment_name: str, parent_run_id: str,
-                 max_t: Optional[int]):
+                 max_t: Optional[int], experiment_path: str = ""):
         super().__init__(tracking_uri=tracking_uri, experiment_name=experiment_name,
                          tags={"mlflow.parentRunId": parent_run_id, ROLE_TAG: "trial"})
         self.max_t = max_t
-
-    def setup(self, *args, **kwargs):
-        super().setup(*args, **kwargs)
-        self._client = _client(self.tracking_uri)
+        self.experiment_path = experiment_path
+        self.offline: Optional[str] = None
         self._stopped_early: set[str] = set()
         self._params: dict[str, dict[str, str]] = {}
 
-    def _find_run(self, trial) -> Optional[str]:
-        runs = self._client.search_runs(
-            [self.mlflow_util.experiment_id],
-            filter_string=f"tags.`{TRIAL_ID_TAG}` = '{trial.trial_id}'", max_results=1)
-        return runs[0].info.run_id if runs else None
+    def setup(self, *args, **kwargs):
+        self._trial_runs = {}
+        self._setup(*args, **kwargs)
 
+    @_offline_safe
+    def _setup(self, *args, **kwargs):
+        super().setup(*args, **kwargs)
+        self._client = mlflow_client(self.tracking_uri)
+
+    def go_offline(self, error: BaseException) -> None:
+        """Stop calling MLflow for the rest of the search; say so once, and record it in
+        the experiment's state so the end of the run and ``best`` point at mlflow-sync."""
+        self.offline = short_reason(error)
+        logger.warning("MLflow at %s failed (%s): tuning goes on without MLflow. When it "
+                       "is back, backfill the missing runs with: raytune-suite mlflow-sync "
+                       "%s", self.tracking_uri, self.offline, self.experiment_path)
+        if self.experiment_path:
+            from raytune_suite.runner import update_state
+
+            update_state(self.experiment_path, mlflow_offline=self.offline)
+
+    def _find_run(self, trial) -> Optional[str]:
+        return find_trial_run(self._client, self.mlflow_util.experiment_id, trial.trial_id)
+
+    @_offline_safe
     def log_trial_start(self, trial):
         run_id = self._trial_runs.get(trial) or self._find_run(trial)
         if run_id is None:
@@ -153,7 +258,7 @@ class TrialRunsCallback(MLflowLoggerCallback):
         if run_id not in self._params:
             self._params[run_id] = dict(self._client.get_run(run_id).data.params)
         logged = self._params[run_id]
-        new = [_param(k, v) for k, v in flat.items() if k not in logged]
+        new = [param(k, v) for k, v in flat.items() if k not in logged]
         step = trial.last_result.get("training_iteration", 0) if trial.last_result else 0
         changed = []
         for k, v in flat.items():
@@ -163,37 +268,75 @@ class TrialRunsCallback(MLflowLoggerCallback):
             self._client.log_batch(run_id, params=new, metrics=changed)
         logged.update({p.key: p.value for p in new})
 
+    @_offline_safe
     def log_trial_result(self, iteration: int, trial, result: dict):
         run_id = self._trial_runs[trial]
         step = int(result.get("training_iteration", iteration))
-        metrics = []
-        for k, v in flatten_dict(result).items():
-            if k in _SKIP_METRICS or k.startswith("config/"):
-                continue
-            value = _as_float(v)
-            if value is not None:
-                metrics.append(_metric(k, value, step))
-        self._client.log_batch(run_id, metrics=metrics)
+        self._client.log_batch(run_id, metrics=result_metrics(result, step))
         if result.get("done") and not (self.max_t and step >= self.max_t):
             # Callbacks only see done=True when Tune stopped the trial; the stop
             # criterion (max_t) is excluded above, so the scheduler did it.
             self._stopped_early.add(trial.trial_id)
 
+    @_offline_safe
     def log_trial_end(self, trial, failed: bool = False):
         run_id = self._trial_runs.get(trial)
         if run_id is None:
             return
-        if failed:
-            outcome, status = "errored", "FAILED"
-        elif trial.trial_id in self._stopped_early:
-            outcome, status = "stopped_early", "FINISHED"
-        else:
-            outcome, status = "completed", "FINISHED"
-        tags = [_tag(OUTCOME_TAG, outcome)]
-        if failed and trial.error_file and os.path.exists(trial.error_file):
-            tags.append(_tag("error", Path(trial.error_file).read_text()[-4000:]))
-        self._client.log_batch(run_id, tags=tags)
-        self._client.set_terminated(run_id, status=status)
+        close_trial_run(self._client, run_id, trial.last_result, failed,
+                        trial.trial_id in self._stopped_early,
+                        trial.error_file if failed else None)
+
+
+def find_trial_run(client, experiment_id: str, trial_id: str) -> Optional[str]:
+    """The MLflow run of a Ray trial (by its ``ray.trial_id`` tag), or None."""
+    runs = client.search_runs([experiment_id],
+                              filter_string=f"tags.`{TRIAL_ID_TAG}` = '{trial_id}'",
+                              max_results=1)
+    return runs[0].info.run_id if runs else None
+
+
+def close_open_runs(uri: str, parent_run_id: str, trials: dict, max_t: Optional[int],
+                    status: Optional[str]) -> None:
+    """Close the search's trial runs still RUNNING in MLflow.
+
+    Args:
+        trials: Ray trial id -> Ray ``Trial`` (status, last_result, error_file).
+        status: for trials Ray has not finished (or does not know): the run status to
+            set, e.g. KILLED; None leaves them open.
+    """
+    client = mlflow_client(uri)
+    experiment_id = client.get_run(parent_run_id).info.experiment_id
+    runs = client.search_runs(
+        [experiment_id], max_results=10000,
+        filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}' "
+                      "and attributes.status = 'RUNNING'")
+    for run in runs:
+        trial = trials.get(run.data.tags.get(TRIAL_ID_TAG))
+        if trial is not None and trial.status in ("TERMINATED", "ERROR"):
+            last = trial.last_result or {}
+            close_trial_run(client, run.info.run_id, last, trial.status == "ERROR",
+                            stopped_early(last, max_t), trial.error_file)
+        elif status:
+            client.set_terminated(run.info.run_id, status=status)
+
+
+def stopped_early(last_result: dict, max_t: Optional[int]) -> bool:
+    return bool(max_t) and int(last_result.get("training_iteration", 0)) < max_t
+
+
+def close_trial_run(client, run_id: str, last_result: Optional[dict], failed: bool,
+                    stopped_early: bool, error_file: Optional[str] = None) -> str:
+    """Tag how a trial ended (and why, when it diverged or errored); end its run."""
+    outcome, status = trial_outcome(last_result, failed, stopped_early)
+    tags = [_tag(OUTCOME_TAG, outcome)]
+    if outcome == "diverged":
+        tags.append(_tag(STOP_REASON_TAG, last_result.get("stop_reason", "")))
+    if failed and error_file and os.path.exists(error_file):
+        tags.append(_tag("error", Path(error_file).read_text()[-4000:]))
+    client.log_batch(run_id, tags=tags)
+    client.set_terminated(run_id, status=status)
+    return outcome
 
 
 def _as_float(v: Any) -> Optional[float]:

@@ -101,6 +101,7 @@ class Trainer:
         self.epoch = 0
         self.best_val_loss = math.inf
         self.epochs_without_improvement = 0
+        self.diverged: str | None = None  # why training cannot go on (a NaN or inf loss)
 
     # ------------------------------------------------------------------ epochs
 
@@ -171,6 +172,10 @@ class Trainer:
             self.best_val_loss, self.epochs_without_improvement = val["loss"], 0
         else:
             self.epochs_without_improvement += 1
+        bad = [f"{k} is {v}" for k, v in (("train_loss", train_loss), ("val_loss", val["loss"]))
+               if not math.isfinite(v)]
+        if bad:
+            self.diverged = f"diverged at epoch {self.epoch}: {', '.join(bad)}"
         return {
             "epoch": self.epoch,
             "train_loss": train_loss,
@@ -192,7 +197,7 @@ class Trainer:
 
     @property
     def finished(self) -> bool:
-        return self.epoch >= self.cfg.epochs or self.should_stop_early
+        return self.epoch >= self.cfg.epochs or self.should_stop_early or bool(self.diverged)
 
     # ------------------------------------------------------------------ state
 

@@ -105,14 +105,23 @@ def train_classifier(config: dict, checkpoint_every: int = 1,
         metrics = {**trainer.run_epoch(), **extra}
         extra = {}
         _report(metrics, trainer.epoch, trainer.finished, checkpoint_every,
-                lambda: {**trainer.state_dict(), "metrics": metrics})
+                lambda: {**trainer.state_dict(), "metrics": metrics}, trainer.diverged)
 
 
-def _report(metrics: dict, epoch: int, done: bool, checkpoint_every: int, state) -> None:
+def _report(metrics: dict, epoch: int, done: bool, checkpoint_every: int, state,
+            diverged: Optional[str] = None) -> None:
     """Report an epoch to Tune, with a checkpoint every ``checkpoint_every`` epochs and
-    at the end (``state`` builds the checkpoint's contents only when one is due)."""
+    at the end (``state`` builds the checkpoint's contents only when one is due).
+
+    A diverged trial (NaN or inf loss) reports ``diverged=1`` and the reason in
+    ``stop_reason``, saves no checkpoint of its broken weights, and ends: the runner,
+    MLflow and best-result selection read those keys.
+    """
     from ray import tune
 
+    if diverged:
+        tune.report({**metrics, "diverged": 1, "stop_reason": diverged})
+        return
     if epoch % checkpoint_every and not done:
         tune.report(metrics)
         return
@@ -147,10 +156,14 @@ def _train_cross_validated(cfg: ClassifierConfig, device: torch.device,
             metrics[key] = float(values.mean())
             if key.startswith("val_"):
                 metrics[f"{key}_std"] = float(values.std())
+        diverged = "; ".join(f"fold {i}: {t.diverged}" for i, t in enumerate(trainers)
+                             if t.diverged)
         _report(metrics, trainers[0].epoch, all(t.finished for t in trainers),
                 checkpoint_every,
                 lambda: {**trainers[0].state_dict(), "metrics": metrics,
-                         "folds": [t.state_dict() for t in trainers]})
+                         "folds": [t.state_dict() for t in trainers]}, diverged or None)
+        if diverged:
+            return
 
 
 def load_arrays_for(config: dict) -> Optional[Arrays]:

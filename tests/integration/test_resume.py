@@ -1,80 +1,144 @@
-"""A run killed with SIGKILL mid-way is finished by `raytune-suite resume`."""
+"""A driver SIGKILLed three times at random points is finished by `raytune-suite resume`:
+no trial lost or duplicated, progress never goes back, MLflow holds exactly one finished
+run per trial, and HyperOpt keeps its history across the restarts."""
 
 import json
 import os
+import random
 import signal
 import subprocess
 import textwrap
 import time
+from pathlib import Path
+
+import cloudpickle
 
 from helpers import CLI, cli_env, mlflow_runs
 
-EXPERIMENT = textwrap.dedent("""
-    name: killme
+SAMPLES, EPOCHS = 6, 6
+EXPERIMENT = textwrap.dedent(f"""
+    name: crashy
     trainable: classifier
-    config: {dataset: digits, model: cnn, width: 0.5, epochs: 8}
+    config: {{dataset: digits, model: cnn, width: 0.5, epochs: {EPOCHS}}}
     search_space:
-      lr: {grid: [0.001, 0.003, 0.01, 0.02]}
+      lr: {{loguniform: [0.001, 0.05]}}
+      batch_size: {{choice: [32, 64]}}
     metric: val_accuracy
     mode: max
-    search: {algorithm: grid, max_concurrent: 2}
-    scheduler: {type: fifo, max_t: 8}
-    checkpoint: {every: 1, keep: 2}
+    search: {{algorithm: hyperopt, num_samples: {SAMPLES}, max_concurrent: 2, seed: 7,
+              n_initial_points: 2}}
+    scheduler: {{type: fifo, max_t: {EPOCHS}}}
+    checkpoint: {{every: 1, keep: 2}}
 """)
 
 
-def _reported(results_dir) -> int:
-    lines = 0
-    for trial in results_dir.glob("*/result.json"):
-        lines += sum(1 for _ in trial.open())
-    return lines
+def _rows(results_dir) -> dict[str, list[dict]]:
+    """Each trial's result rows (result.json is written by the driver, one per result)."""
+    out = {}
+    for path in results_dir.glob("train_classifier_*/result.json"):
+        out[path.parent.name] = [json.loads(line) for line in path.open() if line.strip()]
+    return out
 
 
-def test_sigkill_then_resume_finishes_every_trial(tmp_path):
-    (tmp_path / "exp.yaml").write_text(EXPERIMENT)
-    results = tmp_path / "ray_results" / "killme"
-    driver = subprocess.Popen([*CLI, "run", "exp.yaml"], cwd=tmp_path, env=cli_env(),
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def _saved_state(results_dir) -> dict[str, tuple[str, int]]:
+    """Ray's saved experiment state: trial id -> (status, epoch of the latest checkpoint
+    Ray registered for it; 0 if none), read from the newest experiment_state file."""
+    newest = max(results_dir.glob("experiment_state-*.json"))  # by the session time in the name
+    trials = {}
+    for trial_json, runtime_json in json.loads(newest.read_text())["trial_data"]:
+        trial, runtime = json.loads(trial_json), json.loads(runtime_json)
+        manager = cloudpickle.loads(bytes.fromhex(runtime["checkpoint_manager"]["value"]))
+        latest = manager.latest_checkpoint_result
+        epoch = 0
+        if latest is not None:
+            epoch = json.loads((Path(latest.checkpoint.path) / "meta.json").read_text())["epoch"]
+        trials[trial["trial_id"]] = (trial["status"], epoch)
+    return trials
+
+
+def _run_until_killed(cmd, cwd, results, extra_rows: int) -> None:
+    """Start ``cmd`` and SIGKILL it once ``extra_rows`` more results have been written."""
+    start = sum(map(len, _rows(results).values())) if results.exists() else 0
+    driver = subprocess.Popen(cmd, cwd=cwd, env=cli_env(), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 240
-    while _reported(results) < 4:  # a few epochs in, well before the end (32 epochs)
-        assert driver.poll() is None, "the run ended before it could be killed"
-        assert time.monotonic() < deadline, "no progress within 240 s"
-        time.sleep(0.2)
-    os.kill(driver.pid, signal.SIGKILL)
-    driver.wait()
-    before = _reported(results)
-    assert before < 32
+    try:
+        while sum(map(len, _rows(results).values())) < start + extra_rows:
+            assert driver.poll() is None, "the run ended before it could be killed"
+            assert time.monotonic() < deadline, "no progress within 240 s"
+            time.sleep(0.05)
+    finally:
+        # The whole session: the driver and the embedded Ray it started, like a crash of
+        # the machine's driver process tree.
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait()
+    time.sleep(1.0)
 
-    proc = subprocess.run([*CLI, "resume", "killme"], cwd=tmp_path, env=cli_env(),
+
+def test_three_sigkills_then_resume_lose_nothing(tmp_path):
+    seed = int(time.time())
+    rng = random.Random(seed)
+    why = f"(kill points drawn with seed {seed})"
+    (tmp_path / "exp.yaml").write_text(EXPERIMENT)
+    results = tmp_path / "ray_results" / "crashy"
+
+    snapshots = []  # Ray's saved state after each kill
+    rows_at_kill = []
+    _run_until_killed([*CLI, "run", "exp.yaml"], tmp_path, results, rng.randint(2, 6))
+    for kill in range(3):
+        snapshots.append(_saved_state(results))
+        rows_at_kill.append({k: len(v) for k, v in _rows(results).items()})
+        if kill < 2:
+            _run_until_killed([*CLI, "resume", "crashy"], tmp_path, results, rng.randint(2, 6))
+
+    proc = subprocess.run([*CLI, "resume", "crashy"], cwd=tmp_path, env=cli_env(),
                           capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "killme: 4 trials, 0 errored" in proc.stdout
+    assert proc.returncode == 0, why + proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert f"crashy: {SAMPLES} trials, 0 errored" in proc.stdout, why
 
-    # Every trial completed all 8 epochs; at least one continued from a checkpoint.
-    state = json.loads(max(results.glob("experiment_state-*.json")).read_text())
-    assert len(state["trial_data"]) == 4
-    finals, resumed = [], 0
-    for trial_dir in results.glob("train_classifier_*"):
-        rows = [json.loads(line) for line in (trial_dir / "result.json").open()]
-        finals.append(rows[-1]["training_iteration"])
-        for row in rows:
-            if "restored_from_epoch" in row:
-                # The curve continues: the first epoch after a restore is the one after
-                # the checkpoint's epoch, never epoch 1 again.
-                resumed += 1
-                assert row["restored_from_epoch"] >= 1
-                assert row["epoch"] == row["training_iteration"] == row["restored_from_epoch"] + 1
-                assert row["iterations_since_restore"] < row["training_iteration"]
-        # Only a restore may repeat an epoch (one run after the last checkpoint).
-        for prev, row in zip(rows, rows[1:]):
-            if row["epoch"] != prev["epoch"] + 1:
-                assert "restored_from_epoch" in row, (prev, row)
-    assert sorted(finals) == [8, 8, 8, 8]
-    assert resumed >= 1
+    # Exactly num_samples trials, each finished all its epochs.
+    final = _saved_state(results)
+    assert len(final) == SAMPLES, why
+    assert set(final.values()) == {("TERMINATED", EPOCHS)}, (why, final)
 
-    # MLflow: still one run per trial, none left RUNNING; the search run is closed.
-    runs = mlflow_runs(tmp_path, "killme")
+    # Progress never went back: the checkpoint Ray had registered for a trial at one kill
+    # is never older than at the kill before ...
+    for before, after in zip(snapshots, snapshots[1:] + [final]):
+        for trial_id, (status, iteration) in before.items():
+            assert after[trial_id][1] >= iteration, (why, trial_id, before, after)
+            if status == "TERMINATED":
+                assert after[trial_id] == (status, iteration), (why, trial_id)
+    # ... and every resumed trial continued from that checkpoint, never from epoch 1.
+    rows = _rows(results)
+    for kill, (saved, counts) in enumerate(zip(snapshots, rows_at_kill)):
+        for name, trial_rows in rows.items():
+            trial_id = trial_rows[0]["trial_id"]
+            done = saved.get(trial_id, ("PENDING", 0))[1]
+            following = trial_rows[counts.get(name, 0):]
+            if done and following and saved[trial_id][0] != "TERMINATED":
+                first = following[0]
+                assert first.get("restored_from_epoch", 0) >= done, (why, kill, name, first)
+                assert first["epoch"] == first["restored_from_epoch"] + 1, (why, first)
+    assert any("restored_from_epoch" in r for t in rows.values() for r in t), why
+
+    # MLflow: one run per trial, all finished; none left RUNNING; the search run closed.
+    runs = mlflow_runs(tmp_path, "crashy")
     trials = runs[runs["tags.raytune_suite.role"] == "trial"]
-    assert len(trials) == 4 and trials["tags.ray.trial_id"].nunique() == 4
-    assert set(runs["status"]) == {"FINISHED"}
-    assert set(trials["metrics.epoch"]) == {8.0}
+    assert len(trials) == SAMPLES and trials["tags.ray.trial_id"].nunique() == SAMPLES, why
+    assert set(trials["tags.ray.trial_id"]) == set(final), why
+    assert set(runs["status"]) == {"FINISHED"}, (why, runs[["status", "tags.ray.trial_id"]])
+    assert set(trials["metrics.epoch"]) == {float(EPOCHS)}, why
+
+    # HyperOpt's history survived every restart: its saved Trials hold all six
+    # suggestions with their results (a searcher restarted from scratch would hold only
+    # the ones it made after the last restart, and sample at random again).
+    state_file = max(results.glob("searcher-state-*.pkl"))  # the last session
+    with open(state_file, "rb") as f:
+        searcher = cloudpickle.load(f)
+    hyperopt_trials = searcher["_hpopt_trials"].trials
+    assert len(hyperopt_trials) == SAMPLES, why
+    assert all(t["result"].get("status") == "ok" for t in hyperopt_trials), why
+    suggested = sorted(round(t["misc"]["vals"]["lr"][0], 12) for t in hyperopt_trials)
+    ran = sorted(round(t[0]["config"]["lr"], 12) for t in
+                 (rows[name] for name in rows))
+    assert suggested == ran, why
