@@ -139,7 +139,9 @@ def init_ray(address: Optional[str]) -> None:
     if ray.is_initialized():
         return
     if not address:
-        ray.init(logging_level=logging.WARNING, include_dashboard=False,
+        # address="local": always a fresh embedded runtime, even when a `ray start` cluster
+        # runs on this machine (plain ray.init() would silently join it).
+        ray.init(address="local", logging_level=logging.WARNING, include_dashboard=False,
                  runtime_env={"worker_process_setup_hook":
                               "raytune_suite.runner.quiet_worker_logs"})
         return
@@ -285,6 +287,9 @@ def _missing_metric_error(error: BaseException, spec: ExperimentSpec) -> Optiona
 
 def _fit_and_finish(spec: ExperimentSpec, tuner, path: Path, state: dict) -> Outcome:
     uri, parent = state.get("tracking_uri"), state.get("parent_run_id")
+    stop_signal = _StopSignal()
+    tune_logger = logging.getLogger("ray.tune.tune")
+    tune_logger.addHandler(stop_signal)
     try:
         results = tuner.fit()
     except BaseException as e:
@@ -295,8 +300,10 @@ def _fit_and_finish(spec: ExperimentSpec, tuner, path: Path, state: dict) -> Out
         if error:
             raise error from None
         raise
+    finally:
+        tune_logger.removeHandler(stop_signal)
     trials = {t.trial_id: t for t in results._experiment_analysis.trials}
-    interrupted = any(t.status not in ("TERMINATED", "ERROR") for t in trials.values())
+    interrupted = stop_signal.seen
     offline = _read_state(path).get("mlflow_offline")  # set by the callback if MLflow failed
     if parent and not offline:
         offline = _close_mlflow(uri, parent, trials, spec.max_t,
@@ -317,6 +324,20 @@ def _fit_and_finish(spec: ExperimentSpec, tuner, path: Path, state: dict) -> Out
         except Exception as e:  # noqa: BLE001 - the search itself succeeded
             outcome.mlflow_offline = tracking.short_reason(e)
     return outcome
+
+
+class _StopSignal(logging.Handler):
+    """Notices Ray Tune's "Stop signal received" warning: on Ctrl-C (SIGINT) ``fit``
+    saves the experiment state and returns as if the search had ended, so this is how
+    the runner tells an interrupted search from a finished one."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.seen = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage().startswith("Stop signal received"):
+            self.seen = True
 
 
 def _read_state(path: Path) -> dict:

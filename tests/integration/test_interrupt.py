@@ -1,0 +1,122 @@
+"""Ctrl-C stops a run cleanly and leaves it resumable; a corrupt checkpoint found on
+resume is an explicit error naming it, never a silent restart from epoch 1."""
+
+import json
+import os
+import signal
+import subprocess
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from helpers import CLI, cli_env, mlflow_runs
+from raytune_suite.training import checkpoint as ckpt
+
+EPOCHS = 15
+EXPERIMENT = textwrap.dedent(f"""
+    name: ctrlc
+    trainable: classifier
+    config: {{dataset: digits, model: cnn, width: 0.5, epochs: {EPOCHS}}}
+    search_space:
+      lr: {{grid: [0.002, 0.005, 0.01, 0.02]}}
+    metric: val_accuracy
+    mode: max
+    search: {{algorithm: grid, max_concurrent: 4}}
+    resources: {{cpu: 0.5}}
+    scheduler: {{type: fifo, max_t: {EPOCHS}}}
+    checkpoint: {{every: 1, keep: 2}}
+    failure: {{max_failures: 1}}
+""")
+
+
+def _rows(results) -> dict[str, list[dict]]:
+    return {p.parent.name: [json.loads(line) for line in p.open() if line.strip()]
+            for p in results.glob("train_classifier_*/result.json")}
+
+
+@pytest.fixture(scope="module")
+def interrupted(tmp_path_factory):
+    """A run of 4 concurrent trials interrupted with Ctrl-C (SIGINT to the terminal's
+    process group) once every trial has two epochs or more, each checkpointed."""
+    workdir = tmp_path_factory.mktemp("ctrlc")
+    (workdir / "exp.yaml").write_text(EXPERIMENT)
+    results = workdir / "ray_results" / "ctrlc"
+    driver = subprocess.Popen([*CLI, "run", "exp.yaml"], cwd=workdir, env=cli_env(),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              start_new_session=True)
+    deadline = time.monotonic() + 300
+    while True:
+        rows = _rows(results)
+        if len(rows) == 4 and all(len(r) >= 2 for r in rows.values()):
+            break
+        assert driver.poll() is None, driver.communicate()
+        assert time.monotonic() < deadline, "no progress within 300 s"
+        time.sleep(0.1)
+    os.killpg(driver.pid, signal.SIGINT)
+    out, err = driver.communicate(timeout=180)
+    return workdir, results, driver.returncode, out, err
+
+
+def test_ctrl_c_stops_cleanly_and_prints_the_resume_command(interrupted):
+    workdir, results, code, out, err = interrupted
+    assert code == 130, out[-2000:] + err[-3000:]
+    assert f"resume it with: raytune-suite resume {results}" in err
+    assert "Traceback" not in err, err[-3000:]
+    assert any(len(r) < EPOCHS for r in _rows(results).values())
+    # MLflow is left consistent: nothing RUNNING, the unfinished trials are KILLED.
+    runs = mlflow_runs(workdir, "ctrlc")
+    assert "RUNNING" not in set(runs["status"])
+    assert (runs[runs["tags.raytune_suite.role"] == "search"]["status"] == "KILLED").all()
+
+
+def test_resume_after_ctrl_c_finishes_and_corrupt_checkpoints_are_explicit(interrupted):
+    workdir, results, *_ = interrupted
+    # Corrupt the checkpoints of two unfinished trials (all they keep, so whichever one
+    # Ray registered last is bad): one trial's truncated, the other's holding weights of
+    # another model (with a valid digest).
+    unfinished = sorted(name for name, rows in _rows(results).items() if len(rows) < EPOCHS)
+    assert len(unfinished) == 4
+    truncated, wrong_shape, clean = unfinished[0], unfinished[1], unfinished[2:]
+    for folder in (results / truncated).glob("checkpoint_*"):
+        pt = folder / ckpt.STATE_FILE
+        pt.write_bytes(pt.read_bytes()[: pt.stat().st_size // 2])
+    for folder in (results / wrong_shape).glob("checkpoint_*"):
+        state = ckpt.load(folder)
+        state.pop("_path")
+        state["model"] = {k: torch.zeros(3, 3) for k in state["model"]}
+        ckpt.save(folder, state)
+    before = {name: len(rows) for name, rows in _rows(results).items()}
+
+    proc = subprocess.run([*CLI, "resume", "ctrlc"], cwd=workdir, env=cli_env(),
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "ctrlc: 4 trials, 2 errored" in proc.stdout
+
+    rows = _rows(results)
+    # The Ctrl-C'd experiment resumed: the untouched trials finished every epoch,
+    # continuing from their checkpoints.
+    for name in clean:
+        assert rows[name][-1]["training_iteration"] == EPOCHS
+        assert rows[name][before[name]]["restored_from_epoch"] >= 1
+    # The corrupt ones errored, naming the checkpoint and what is wrong with it, and
+    # never trained again from epoch 1.
+    for name, why in ((truncated, "does not match its digest"),
+                      (wrong_shape, "does not fit this model")):
+        error = (results / name / "error.txt").read_text()
+        assert f"checkpoint {results / name}/checkpoint_" in error, error[-2000:]
+        assert why in error, error[-2000:]
+        assert len(rows[name]) == before[name], rows[name][before[name]:]
+
+    # MLflow: one run per trial; the two errored ones FAILED with the reason attached.
+    runs = mlflow_runs(workdir, "ctrlc")
+    trials = runs[runs["tags.raytune_suite.role"] == "trial"]
+    assert len(trials) == 4 and trials["tags.ray.trial_id"].nunique() == 4
+    assert sorted(trials["status"]) == ["FAILED", "FAILED", "FINISHED", "FINISHED"]
+    failed = trials[trials["status"] == "FAILED"]
+    assert set(failed["tags.raytune_suite.outcome"]) == {"errored"}
+    assert all("checkpoint" in e for e in failed["tags.error"])
+    assert "RUNNING" not in set(runs["status"])
+    assert os.path.isdir(Path(results))
