@@ -15,7 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from raytune_suite import algorithms
-from raytune_suite.search_space import SearchSpace
+from raytune_suite.search_space import Domain, SearchSpace
 from raytune_suite.search_space import parse as parse_space
 from raytune_suite.errors import SpecError, SpecErrors
 
@@ -220,6 +220,19 @@ def _check_classifier_config(spec: ExperimentSpec) -> None:
     except ValidationError as e:
         err = e.errors()[0]
         raise _convert(dict(err, loc=("config", *err["loc"])), fixed) from None
+    # Every value a plain (non-conditional) searched entry can take: its options, or the
+    # ends of its range.
+    for key, domain in spec.search_space.entries:
+        if not isinstance(domain, Domain) or domain.is_conditional:
+            continue
+        values = domain.args if domain.kind in ("choice", "grid") else domain.args[:2]
+        for value in values:
+            try:
+                ClassifierConfig.model_validate({**fixed, key: value})
+            except ValidationError as e:
+                err = e.errors()[0]
+                raise _convert(dict(err, loc=("search_space", key, *err["loc"][1:])),
+                               fixed) from None
 
 
 def _check_consistency(spec: ExperimentSpec) -> None:
@@ -390,10 +403,15 @@ def _convert(err: dict, raw: dict) -> SpecError:
     return SpecError(loc, rule, value)
 
 
+_UNION_MEMBERS = {"int", "float", "str", "bool", "list", "dict", "none"}
+
+
 def _display_loc(loc: tuple) -> str:
     # Drop the discriminator tag that pydantic inserts for tagged unions.
+    # Also the union members it names in a path (``literal['sgd','adam']``, ``int``).
     parts = [str(p) for i, p in enumerate(loc)
-             if not (i == 1 and loc[0] == "scheduler" and p in algorithms.SCHEDULERS)]
+             if not (i == 1 and loc[0] == "scheduler" and p in algorithms.SCHEDULERS)
+             and not (isinstance(p, str) and ("[" in p or p in _UNION_MEMBERS))]
     return ".".join(parts)
 
 
