@@ -38,6 +38,13 @@ class Outcome:
     def best(self) -> Optional[TrialSummary]:
         return self.trials[0] if self.trials and self.trials[0].best is not None else None
 
+    def best_record(self) -> Optional[dict[str, Any]]:
+        """The best trial as the search's MLflow run records it."""
+        best = self.best
+        return best and {"metric": self.spec.metric, "value": best.best,
+                         "trial_id": best.trial_id, "checkpoint": best.checkpoint,
+                         "config": best.config}
+
 
 def resolve_experiment(ref: str, storage: str = "./ray_results") -> Path:
     """An experiment given by path, or by name under the default storage."""
@@ -199,16 +206,8 @@ def run_experiment(spec: ExperimentSpec, raw: dict[str, Any], address: Optional[
     _warn_sqlite_on_cluster(uri)
     path.mkdir(parents=True, exist_ok=True)
     (path / SPEC_FILE).write_text(yaml.safe_dump(raw, sort_keys=False))
-    state: dict[str, Any] = {"tracking_uri": uri, "parent_run_id": None}
-    callbacks = []
-    if uri:
-        from raytune_suite import tracking
-
-        state["parent_run_id"] = tracking.start_search_run(
-            uri, spec.mlflow_experiment, f"{spec.name}-search", str(path), path / SPEC_FILE,
-            params={"searcher": spec.search.algorithm, "scheduler": spec.scheduler.type,
-                    "num_samples": spec.search.num_samples, "metric": spec.metric,
-                    "mode": spec.mode, "trainable": spec.trainable})
+    state: dict[str, Any] = {"tracking_uri": uri,
+                             "parent_run_id": start_search_run(spec, uri, path) if uri else None}
     (path / STATE_FILE).write_text(json.dumps(state))
     tuner = build_tuner(spec, _callbacks(spec, path, state), _to_object_store(data))
     del data  # the object store holds it now; a driver copy would double its memory
@@ -221,6 +220,17 @@ def run_experiment(spec: ExperimentSpec, raw: dict[str, Any], address: Optional[
 
         shutil.rmtree(path, ignore_errors=True)
         raise
+
+
+def start_search_run(spec: ExperimentSpec, uri: str, path: Path) -> str:
+    """The MLflow run of the whole search (parent of the trial runs); returns its id."""
+    from raytune_suite import tracking
+
+    return tracking.start_search_run(
+        uri, spec.mlflow_experiment, f"{spec.name}-search", str(path), path / SPEC_FILE,
+        params={"searcher": spec.search.algorithm, "scheduler": spec.scheduler.type,
+                "num_samples": spec.search.num_samples, "metric": spec.metric,
+                "mode": spec.mode, "trainable": spec.trainable})
 
 
 def _callbacks(spec: ExperimentSpec, path: Path, state: dict) -> list:
@@ -316,11 +326,8 @@ def _fit_and_finish(spec: ExperimentSpec, tuner, path: Path, state: dict) -> Out
     if parent and not offline:
         from raytune_suite import tracking
 
-        best = outcome.best
         try:
-            tracking.finish_search_run(uri, parent, best and {
-                "metric": spec.metric, "value": best.best, "trial_id": best.trial_id,
-                "checkpoint": best.checkpoint, "config": best.config})
+            tracking.finish_search_run(uri, parent, outcome.best_record())
         except Exception as e:  # noqa: BLE001 - the search itself succeeded
             outcome.mlflow_offline = tracking.short_reason(e)
     return outcome

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional
 
 _BATCH = 1000  # MLflow's limit of metrics per log_batch request
 
@@ -33,8 +32,8 @@ def sync_experiment(ref: str) -> SyncReport:
     from ray.tune.utils import flatten_dict
 
     from raytune_suite import tracking
-    from raytune_suite.report import summarize
-    from raytune_suite.runner import SPEC_FILE, load_results, update_state
+    from raytune_suite.runner import (load_outcome, load_results, start_search_run,
+                                      update_state)
 
     path, spec, state, results = load_results(ref)
     uri = state.get("tracking_uri") or tracking.resolve_tracking_uri(
@@ -45,11 +44,7 @@ def sync_experiment(ref: str) -> SyncReport:
 
     parent = state.get("parent_run_id")
     if not parent or not _exists(client, parent):
-        parent = tracking.start_search_run(
-            uri, spec.mlflow_experiment, f"{spec.name}-search", str(path), path / SPEC_FILE,
-            params={"searcher": spec.search.algorithm, "scheduler": spec.scheduler.type,
-                    "num_samples": spec.search.num_samples, "metric": spec.metric,
-                    "mode": spec.mode, "trainable": spec.trainable})
+        parent = start_search_run(spec, uri, path)
         update_state(path, tracking_uri=uri, parent_run_id=parent)
         report.runs_created += 1
     experiment_id = client.get_run(parent).info.experiment_id
@@ -81,11 +76,7 @@ def sync_experiment(ref: str) -> SyncReport:
                 client.set_tag(run_id, "error", str(result.error)[-4000:])
             report.runs_closed += 1
 
-    trials = summarize(results, spec.metric, spec.mode, [p for p, _ in spec.search_space.leaves()])
-    best = trials[0] if trials and trials[0].best is not None else None
-    tracking.finish_search_run(uri, parent, best and {
-        "metric": spec.metric, "value": best.best, "trial_id": best.trial_id,
-        "checkpoint": best.checkpoint, "config": best.config})
+    tracking.finish_search_run(uri, parent, load_outcome(str(path)).best_record())
     update_state(path, mlflow_offline=None)
     return report
 

@@ -20,3 +20,11 @@ def mlflow_runs(workdir, experiment: str):
 
     mlflow.set_tracking_uri(f"sqlite:///{workdir}/mlflow.db")
     return mlflow.search_runs(experiment_names=[experiment])
+
+
+def result_rows(results_dir) -> dict[str, list[dict]]:
+    """Each trial folder's result rows (result.json, one row per reported result)."""
+    import json
+
+    return {p.parent.name: [json.loads(line) for line in p.open() if line.strip()]
+            for p in Path(results_dir).glob("*/result.json")}

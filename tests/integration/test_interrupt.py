@@ -1,7 +1,6 @@
 """Ctrl-C stops a run cleanly and leaves it resumable; a corrupt checkpoint found on
 resume is an explicit error naming it, never a silent restart from epoch 1."""
 
-import json
 import os
 import signal
 import subprocess
@@ -12,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import CLI, cli_env, mlflow_runs
+from helpers import CLI, cli_env, mlflow_runs, result_rows
 from raytune_suite.training import checkpoint as ckpt
 
 EPOCHS = 15
@@ -32,11 +31,6 @@ EXPERIMENT = textwrap.dedent(f"""
 """)
 
 
-def _rows(results) -> dict[str, list[dict]]:
-    return {p.parent.name: [json.loads(line) for line in p.open() if line.strip()]
-            for p in results.glob("train_classifier_*/result.json")}
-
-
 @pytest.fixture(scope="module")
 def interrupted(tmp_path_factory):
     """A run of 4 concurrent trials interrupted with Ctrl-C (SIGINT to the terminal's
@@ -49,7 +43,7 @@ def interrupted(tmp_path_factory):
                               start_new_session=True)
     deadline = time.monotonic() + 300
     while True:
-        rows = _rows(results)
+        rows = result_rows(results)
         if len(rows) == 4 and all(len(r) >= 2 for r in rows.values()):
             break
         assert driver.poll() is None, driver.communicate()
@@ -65,7 +59,7 @@ def test_ctrl_c_stops_cleanly_and_prints_the_resume_command(interrupted):
     assert code == 130, out[-2000:] + err[-3000:]
     assert f"resume it with: raytune-suite resume {results}" in err
     assert "Traceback" not in err, err[-3000:]
-    assert any(len(r) < EPOCHS for r in _rows(results).values())
+    assert any(len(r) < EPOCHS for r in result_rows(results).values())
     # MLflow is left consistent: nothing RUNNING, the unfinished trials are KILLED.
     runs = mlflow_runs(workdir, "ctrlc")
     assert "RUNNING" not in set(runs["status"])
@@ -77,7 +71,7 @@ def test_resume_after_ctrl_c_finishes_and_corrupt_checkpoints_are_explicit(inter
     # Corrupt the checkpoints of two unfinished trials (all they keep, so whichever one
     # Ray registered last is bad): one trial's truncated, the other's holding weights of
     # another model (with a valid digest).
-    unfinished = sorted(name for name, rows in _rows(results).items() if len(rows) < EPOCHS)
+    unfinished = sorted(name for name, rows in result_rows(results).items() if len(rows) < EPOCHS)
     assert len(unfinished) == 4
     truncated, wrong_shape, clean = unfinished[0], unfinished[1], unfinished[2:]
     for folder in (results / truncated).glob("checkpoint_*"):
@@ -88,14 +82,14 @@ def test_resume_after_ctrl_c_finishes_and_corrupt_checkpoints_are_explicit(inter
         state.pop("_path")
         state["model"] = {k: torch.zeros(3, 3) for k in state["model"]}
         ckpt.save(folder, state)
-    before = {name: len(rows) for name, rows in _rows(results).items()}
+    before = {name: len(rows) for name, rows in result_rows(results).items()}
 
     proc = subprocess.run([*CLI, "resume", "ctrlc"], cwd=workdir, env=cli_env(),
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "ctrlc: 4 trials, 2 errored" in proc.stdout
 
-    rows = _rows(results)
+    rows = result_rows(results)
     # The Ctrl-C'd experiment resumed: the untouched trials finished every epoch,
     # continuing from their checkpoints.
     for name in clean:

@@ -87,3 +87,86 @@ def test_local_storage_refused_on_multinode(two_gpu_workers):
     with pytest.raises(SpecError, match=r"^storage: with 3 nodes.*s3://"):
         run_experiment(spec, {"name": "packing"})
     assert not Path("ray_results").exists()
+
+
+@pytest.fixture
+def two_cpu_workers(no_ray, tmp_path, monkeypatch):
+    """Head with no CPUs + 2 workers of 2 CPUs; node deaths are noticed within ~3 s."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    monkeypatch.chdir(tmp_path)
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 0, "_system_config": {"health_check_initial_delay_ms": 0,
+                                          "health_check_period_ms": 1000,
+                                          "health_check_failure_threshold": 3}})
+    workers = [cluster.add_node(num_cpus=2) for _ in range(2)]
+    ray.init(address=cluster.address)
+    cluster.wait_for_nodes()
+    yield cluster, workers
+    ray.shutdown()
+    cluster.shutdown()
+
+
+def test_worker_node_loss_moves_trials_and_loses_nothing(two_cpu_workers, tmp_path):
+    import threading
+    import time
+
+    from helpers import mlflow_runs
+
+    cluster, workers = two_cpu_workers
+    keep, epochs = 2, 10
+    spec = validate({
+        "name": "nodeloss", "trainable": "classifier",
+        "config": {"dataset": "digits", "model": "cnn", "width": 0.5, "epochs": epochs},
+        "search_space": {"lr": {"grid": [0.002, 0.005, 0.01, 0.02]}},
+        "metric": "val_accuracy", "mode": "max",
+        "search": {"algorithm": "grid", "max_concurrent": 4},
+        "scheduler": {"type": "fifo", "max_t": epochs},
+        "checkpoint": {"every": 1, "keep": keep},
+        "failure": {"max_failures": 3},
+        "storage_shared": True,  # one machine: the local path is seen by every node
+    })
+    outcome = {}
+    driver = threading.Thread(
+        target=lambda: outcome.update(result=run_experiment(spec, {"name": "nodeloss"})))
+    driver.start()
+
+    def epochs_done():
+        return {p.parent.name: sum(1 for _ in p.open())
+                for p in Path("ray_results/nodeloss").glob("*/result.json")}
+
+    deadline = time.monotonic() + 300
+    while max(epochs_done().values(), default=0) < 4:  # some trial has passed epoch 3
+        assert driver.is_alive() and time.monotonic() < deadline
+        time.sleep(0.1)
+    at_loss = epochs_done()
+    assert min(at_loss.values(), default=0) < epochs and len(at_loss) == 4
+    cluster.remove_node(workers[0], allow_graceful=False)  # the node dies
+    cluster.add_node(num_cpus=2)  # and a fresh one joins
+    driver.join(timeout=400)
+    assert not driver.is_alive()
+
+    result = outcome["result"]
+    assert result.errors == 0 and len(result.trials) == 4
+    assert {t.status for t in result.trials} == {"TERMINATED"}
+    assert {t.epochs for t in result.trials} == {epochs}
+    finals = {p.parent.name: [json.loads(line) for line in p.open()][-1]
+              for p in Path(result.path).glob("*/result.json")}
+    assert {r["training_iteration"] for r in finals.values()} == {epochs}
+    # The trials of the lost node resumed from their checkpoints on another node.
+    moved = {name: r for name, r in finals.items()
+             if r["iterations_since_restore"] < r["training_iteration"]}
+    assert moved, finals
+    for name in moved:
+        rows = [json.loads(line) for line in (Path(result.path) / name / "result.json").open()]
+        restores = [r["restored_from_epoch"] for r in rows if "restored_from_epoch" in r]
+        assert restores and min(restores) >= 1, rows
+    # Each trial keeps exactly `keep` checkpoints.
+    for trial_dir in Path(result.path).glob("train_classifier_*"):
+        assert len(list(trial_dir.glob("checkpoint_*"))) == keep, trial_dir
+    # MLflow (logged by the driver): one finished run per trial despite the retries.
+    runs = mlflow_runs(tmp_path, "nodeloss")
+    trials = runs[runs["tags.raytune_suite.role"] == "trial"]
+    assert len(trials) == 4 and set(trials["status"]) == {"FINISHED"}
+    assert set(trials["metrics.epoch"]) == {float(epochs)}

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import cloudpickle
 
-from helpers import CLI, cli_env, mlflow_runs
+from helpers import CLI, cli_env, mlflow_runs, result_rows
 
 SAMPLES, EPOCHS = 6, 6
 EXPERIMENT = textwrap.dedent(f"""
@@ -30,14 +30,6 @@ EXPERIMENT = textwrap.dedent(f"""
     scheduler: {{type: fifo, max_t: {EPOCHS}}}
     checkpoint: {{every: 1, keep: 2}}
 """)
-
-
-def _rows(results_dir) -> dict[str, list[dict]]:
-    """Each trial's result rows (result.json is written by the driver, one per result)."""
-    out = {}
-    for path in results_dir.glob("train_classifier_*/result.json"):
-        out[path.parent.name] = [json.loads(line) for line in path.open() if line.strip()]
-    return out
 
 
 def _saved_state(results_dir) -> dict[str, tuple[str, int]]:
@@ -58,12 +50,12 @@ def _saved_state(results_dir) -> dict[str, tuple[str, int]]:
 
 def _run_until_killed(cmd, cwd, results, extra_rows: int) -> None:
     """Start ``cmd`` and SIGKILL it once ``extra_rows`` more results have been written."""
-    start = sum(map(len, _rows(results).values())) if results.exists() else 0
+    start = sum(map(len, result_rows(results).values())) if results.exists() else 0
     driver = subprocess.Popen(cmd, cwd=cwd, env=cli_env(), stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 240
     try:
-        while sum(map(len, _rows(results).values())) < start + extra_rows:
+        while sum(map(len, result_rows(results).values())) < start + extra_rows:
             assert driver.poll() is None, "the run ended before it could be killed"
             assert time.monotonic() < deadline, "no progress within 240 s"
             time.sleep(0.05)
@@ -87,7 +79,7 @@ def test_three_sigkills_then_resume_lose_nothing(tmp_path):
     _run_until_killed([*CLI, "run", "exp.yaml"], tmp_path, results, rng.randint(2, 6))
     for kill in range(3):
         snapshots.append(_saved_state(results))
-        rows_at_kill.append({k: len(v) for k, v in _rows(results).items()})
+        rows_at_kill.append({k: len(v) for k, v in result_rows(results).items()})
         if kill < 2:
             _run_until_killed([*CLI, "resume", "crashy"], tmp_path, results, rng.randint(2, 6))
 
@@ -109,7 +101,7 @@ def test_three_sigkills_then_resume_lose_nothing(tmp_path):
             if status == "TERMINATED":
                 assert after[trial_id] == (status, iteration), (why, trial_id)
     # ... and every resumed trial continued from that checkpoint, never from epoch 1.
-    rows = _rows(results)
+    rows = result_rows(results)
     for kill, (saved, counts) in enumerate(zip(snapshots, rows_at_kill)):
         for name, trial_rows in rows.items():
             trial_id = trial_rows[0]["trial_id"]
