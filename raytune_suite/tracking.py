@@ -298,22 +298,32 @@ def find_trial_run(client, experiment_id: str, trial_id: str) -> Optional[str]:
 
 def close_open_runs(uri: str, parent_run_id: str, trials: dict, max_t: Optional[int],
                     status: Optional[str]) -> None:
-    """Close the search's trial runs still RUNNING in MLflow.
+    """Make the search's trial runs agree with Ray's trials after a stop or a crash.
+
+    - a run still RUNNING whose trial Ray finished (the driver died before its end
+      reached MLflow) is closed as Ray ended it;
+    - a run still RUNNING whose trial is unfinished gets ``status`` (e.g. KILLED; None
+      leaves it open);
+    - a run of a trial Ray does not know (created just before a crash, after Ray last
+      saved its state; Ray then never ran that trial again) is tagged ``lost`` and
+      deleted (MLflow keeps deleted runs restorable), so every run is one real trial.
 
     Args:
-        trials: Ray trial id -> Ray ``Trial`` (status, last_result, error_file).
-        status: for trials Ray has not finished (or does not know): the run status to
-            set, e.g. KILLED; None leaves them open.
+        trials: Ray trial id -> Ray ``Trial`` (status, last_result, error_file) for every
+            trial of the experiment.
     """
     client = mlflow_client(uri)
     experiment_id = client.get_run(parent_run_id).info.experiment_id
-    runs = client.search_runs(
-        [experiment_id], max_results=10000,
-        filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}' "
-                      "and attributes.status = 'RUNNING'")
+    runs = client.search_runs([experiment_id], max_results=10000,
+                              filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}'")
     for run in runs:
         trial = trials.get(run.data.tags.get(TRIAL_ID_TAG))
-        if trial is not None and trial.status in ("TERMINATED", "ERROR"):
+        if trial is None:
+            client.set_tag(run.info.run_id, OUTCOME_TAG, "lost")
+            client.delete_run(run.info.run_id)
+        elif run.info.status != "RUNNING":
+            continue
+        elif trial.status in ("TERMINATED", "ERROR"):
             last = trial.last_result or {}
             close_trial_run(client, run.info.run_id, last, trial.status == "ERROR",
                             stopped_early(last, max_t), trial.error_file)

@@ -22,6 +22,15 @@ def _expected_field(path: Path) -> str:
     return first[len("# expect: "):].strip()
 
 
+@pytest.fixture(scope="module", autouse=True)
+def no_ray_runtime():
+    """Start from no Ray runtime (an earlier test in this process may have left one), so
+    the tests can check that a bad file never starts one."""
+    import ray
+
+    ray.shutdown()
+
+
 def test_the_catalogue_is_large_enough():
     assert len(BAD_SPECS) >= 30
 
