@@ -1,4 +1,6 @@
-"""What both benchmarks share: the machine's description, the command, and BENCHMARKS.md rows.
+"""What the benchmarks share: the machine's description, the command, BENCHMARKS.md rows,
+a Ray of their own, an MLflow store created before anything is timed, and the driver-side
+clock of results.
 
 Rows are appended to the end of their section's table, so BENCHMARKS.md reads as a log:
 one line per real run, never rewritten. The file is replaced atomically, so an
@@ -7,14 +9,20 @@ interrupted run leaves either the old file or the new one.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import datetime
+import glob
+import json
 import os
 import platform
 import shlex
 import sys
 import tempfile
+import threading
+import time
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Optional, Sequence
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BENCHMARKS_MD = REPO_ROOT / "BENCHMARKS.md"
@@ -22,10 +30,32 @@ BENCHMARKS_MD = REPO_ROOT / "BENCHMARKS.md"
 INTRO = """\
 # Benchmarks
 
-Measured figures behind two claims of the suite. Each section is a log: the scripts in
-`benchmarks/` append one row per real run (date, machine, exact command, figures) and
-never rewrite older rows; `--smoke` runs only print.
+Measured figures behind the suite's claims about speed and memory. Each section is a log:
+the scripts in `benchmarks/` append one row per real run (date, machine, exact command,
+figures) and never rewrite older rows; `--smoke` runs only print. Each script runs both
+sides of its comparison in one process, prints the ratio against its aim and says whether
+the aim is met. "The suite" is always the product path: an experiment file checked by
+`spec.validate` and run by `runner.run_experiment`.
 
+- **P1 per-trial overhead** — N trials of a trainable that does no work (one
+  `tune.report`, `benchmarks/_trivial.py`), so the wall time divided by N is what a trial
+  costs on top of its work. Four sides, each timed from building the search to holding its
+  results: raw Ray Tune with its defaults (a fresh worker process per trial), raw Ray Tune
+  with `reuse_actors=True`, and the suite with MLflow off and on (SQLite, the product
+  default, logging into an existing `mlflow.db`). The raw sides run in a plain `ray.init`,
+  the suite in its own (`runner.init_ray`); every round starts fresh runtimes, each warmed
+  up with 2 untimed trials, and each figure is the median over rounds. Aims: at least 10x
+  less overhead per trial than Ray's defaults, and at most 1.05x that of raw Ray Tune with
+  actor reuse. Reproduce with `uv run python benchmarks/overhead.py`.
+- **P2 time to accuracy** — the suite's HyperOpt + ASHA against the hand-written grid
+  (lr {1e-4, 1e-3, 1e-2} x batch size {32, 64, 128}, FIFO, every trial its full budget,
+  run by the suite too, so with actor reuse) over the same hyperparameter box, with the
+  same CNN, data, optimizer and machine. Per seed: the wall-clock time until any trial
+  first reports the target validation accuracy, read from the driver's result files as
+  the driver writes them, and both sides' best validation accuracy when the faster side
+  had finished. Figures are medians over 5 seeds. Aims: the target at least 3x sooner,
+  and never a worse best accuracy at equal time. Reproduce with
+  `uv run python benchmarks/time_to_accuracy.py`.
 - **P3 training throughput** — samples/s of one training epoch of the same CNN, data,
   batch size, augmentation and optimizer, written two ways: the loop of the PyTorch
   CIFAR-10 tutorials (torchvision dataset, per-sample PIL transforms, `DataLoader` with
@@ -42,6 +72,24 @@ never rewrite older rows; `--smoke` runs only print.
   in which two trials each load their own copy (showing what a copy looks like). All
   figures in MB (10^6 bytes); "(+n)" is a trial's USS above the runtime alone.
   Reproduce with `uv run python benchmarks/data_sharing.py`.
+- **P4 memory per trial** — the node's peak memory with 1, 2 and 4 trials running at
+  once, on a ~200 MB synthetic data set and on a 512-sample one (the trials' runtime
+  without data): the sum of PSS over the driver and all of Ray's processes (every page
+  counted once), and the sum of RSS (a shared page counted once per process mapping it).
+  Aim: the data set is held once per node, so each extra trial adds under 25% of its
+  size beyond the trial's own runtime. Reproduce with `uv run python benchmarks/memory.py`.
+- **P5 GPU packing** (needs a CUDA GPU) — 1, 2, 4 and 8 trials sharing one GPU
+  (`resources.gpu` 1, 0.5, 0.25, 0.125) on CIFAR-shaped synthetic data held on the
+  device, with bf16 autocast and channels_last: aggregate training samples/s, the time
+  until a trial first reaches a target accuracy, and one trial's samples/s as a share of
+  the GPU's best aggregate. Aim: at least 3x the aggregate throughput at 0.125 as at 1.
+  Reproduce with `uv run python benchmarks/gpu_packing.py`.
+- **P6 bookkeeping at scale** — 1,000 short trials of the trivial trainable on a
+  simulated 3-node cluster (`ray.cluster_utils.Cluster`), MLflow off and on: trials/s and
+  results/s, the driver's RSS growth, the time the driver spends in MLflow calls and the
+  requests per result, and the storage written per trial; the plan for 100 nodes that
+  follows the table is built on those figures. Reproduce with
+  `uv run python benchmarks/scale.py`.
 """
 
 
@@ -132,3 +180,126 @@ def append_row(heading: str, columns: Sequence[str], cells: Sequence[str],
     finally:
         if os.path.exists(partial):
             os.remove(partial)
+
+
+def start_local_ray_only() -> None:
+    """Make every ``ray.init()`` without an address, the runner's included, start a new
+    local Ray instead of joining a cluster already running on this machine: Ray joins the
+    one whose address ``ray start`` or a test's ``Cluster`` left in
+    ``/tmp/ray/ray_current_cluster``, and other work's cluster skews the figures (and is
+    shut down under the benchmark when that work ends)."""
+    os.environ["RAY_ADDRESS"] = "local"
+
+
+@contextlib.contextmanager
+def working_directory(folder: str) -> Iterator[None]:
+    """Run the block in ``folder``: with a SQLite store, MLflow keeps run artifacts in
+    ``./mlruns`` of the working directory, which is no place for a benchmark's."""
+    previous = os.getcwd()
+    os.chdir(folder)
+    try:
+        yield
+    finally:
+        os.chdir(previous)
+
+
+def verdict(met: bool) -> str:
+    """How every script states an aim's outcome."""
+    return "aim met" if met else "aim NOT met"
+
+
+def create_mlflow_store(uri: str) -> float:
+    """Create an MLflow store before anything is timed; the seconds that took.
+
+    A new SQLite store runs MLflow's schema migrations once, seconds of work a user pays
+    once per ``mlflow.db``. Timed runs then log into an existing store, as every run after
+    a user's first does.
+    """
+    from mlflow.tracking import MlflowClient
+
+    start = time.perf_counter()
+    MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+    return time.perf_counter() - start
+
+
+@dataclasses.dataclass(frozen=True)
+class SeenResult:
+    """One trial result and when the driver wrote it (seconds after the watch started)."""
+
+    seconds: float
+    trial: str
+    result: dict
+
+
+class ResultWatcher(threading.Thread):
+    """The driver-side wall clock of every result of one experiment.
+
+    Ray Tune's driver appends each result to ``result.json`` in its staging folder
+    (``<session>/artifacts/<time>/<experiment>/driver_artifacts/<trial>/``) as soon as it
+    processes the result, and copies that folder to ``storage`` only now and then. Reading
+    the new lines of these files every ``interval`` seconds times each result to within
+    ``interval``; the results' own ``timestamp`` has a resolution of one second. The
+    experiment's name must be unique within the Ray session.
+    """
+
+    def __init__(self, experiment: str, interval: float = 0.1):
+        super().__init__(daemon=True)
+        self.experiment, self.interval = experiment, interval
+        self.seen: list[SeenResult] = []
+        self._read: dict[str, int] = {}  # result.json -> bytes consumed (whole lines only)
+        self._stopped = threading.Event()
+        self.t0 = 0.0
+
+    def start(self) -> None:
+        self.t0 = time.monotonic()
+        super().start()
+
+    def run(self) -> None:
+        while not self._stopped.wait(self.interval):
+            self._poll()
+
+    def stop(self) -> list[SeenResult]:
+        """Stop watching, read what is left, and return every result seen, in order."""
+        self._stopped.set()
+        self.join()
+        self._poll()
+        return self.seen
+
+    def _poll(self) -> None:
+        from ray.train.constants import _get_ray_train_session_dir
+
+        now = time.monotonic() - self.t0
+        pattern = os.path.join(glob.escape(_get_ray_train_session_dir()), "*",
+                               glob.escape(self.experiment), "driver_artifacts", "*",
+                               "result.json")
+        for path in glob.glob(pattern):
+            done = self._read.get(path, 0)
+            with open(path, "rb") as f:
+                f.seek(done)
+                chunk = f.read()
+            complete = chunk[:chunk.rfind(b"\n") + 1]  # a line being written waits
+            self._read[path] = done + len(complete)
+            trial = os.path.basename(os.path.dirname(path))
+            for line in complete.splitlines():
+                if line.strip():
+                    self.seen.append(SeenResult(now, trial, json.loads(line)))
+
+    def first_reaching(self, metric: str, target: float) -> Optional[float]:
+        """Seconds until some trial first reported ``metric >= target``; None if never."""
+        return next((r.seconds for r in self.seen
+                     if _number(r.result.get(metric)) >= target), None)
+
+    def best_by(self, seconds: float, metric: str) -> Optional[float]:
+        """The highest ``metric`` any trial had reported by ``seconds``; None before any."""
+        values = [_number(r.result.get(metric)) for r in self.seen if r.seconds <= seconds]
+        values = [v for v in values if v > float("-inf")]
+        return max(values) if values else None
+
+
+def _number(value) -> float:
+    """A metric as a float; missing, non-numeric or NaN values never reach a target."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return float("-inf")
+    return number if number == number else float("-inf")

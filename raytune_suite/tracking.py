@@ -248,6 +248,7 @@ class TrialRunsCallback(MLflowLoggerCallback):
             tags = dict(self.tags, trial_name=str(trial), **{TRIAL_ID_TAG: trial.trial_id})
             run_id = self._client.create_run(self.mlflow_util.experiment_id,
                                              run_name=str(trial), tags=tags).info.run_id
+            self._params[run_id] = {}  # a new run has no params: no need to ask MLflow
         else:
             self._client.update_run(run_id, status="RUNNING")
         self._trial_runs[trial] = run_id

@@ -1,0 +1,86 @@
+"""Every benchmark script runs at its smoke size, prints its figures and records nothing.
+
+Each script runs as a user runs it (``python benchmarks/X.py --smoke``) in a subprocess
+from an empty folder. A smoke run's timings mean nothing; what is checked is that the
+script gets through both sides of its comparison, prints the figures its BENCHMARKS.md
+row would hold, and leaves BENCHMARKS.md as it was.
+"""
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from helpers import ROOT, cli_env
+
+BENCHMARKS_MD = ROOT / "BENCHMARKS.md"
+
+
+def smoke(script: str, cwd) -> str:
+    """Run ``benchmarks/<script> --smoke``; its stdout, after checking that it exited 0
+    and left BENCHMARKS.md untouched."""
+    before = BENCHMARKS_MD.read_bytes()
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--smoke"],
+                          cwd=cwd, capture_output=True, text=True, timeout=400,
+                          env=cli_env(RAY_ADDRESS="local"))  # never join another Ray
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert BENCHMARKS_MD.read_bytes() == before, f"{script} --smoke changed BENCHMARKS.md"
+    assert "recorded in" not in proc.stdout
+    return proc.stdout
+
+
+def test_overhead_compares_ray_defaults_reuse_and_the_suite(tmp_path):
+    out = smoke("overhead.py", tmp_path)
+    workers = {side: int(n) for side, n in
+               re.findall(r"^((?:raw Ray Tune|suite), [^\n]*?)\s+[\d.]+\s+\d+ ms\s+(\d+)$", out,
+                          re.M)}
+    assert workers["raw Ray Tune, defaults"] == 4  # a fresh worker process per trial
+    at_once = min(4, os.cpu_count())  # with reuse, at most one worker per running trial
+    for side in ("raw Ray Tune, reuse_actors=True", "suite, MLflow off",
+                 "suite, MLflow on (SQLite)"):
+        assert workers[side] <= at_once, (side, workers)
+    for suite in ("suite, MLflow off", "suite, MLflow on (SQLite)"):
+        assert re.search(rf"^{re.escape(suite)}: [\d.]+x \(aim (NOT )?met: >= 10x\) less "
+                         r"overhead per trial than Ray's defaults; [\d.]+x \(aim (NOT )?met: "
+                         r"<= 1.05x\)", out, re.M), out[-2000:]
+    assert "MLflow (SQLite) adds" in out
+
+
+def test_time_to_accuracy_runs_grid_and_suite(tmp_path):
+    out = smoke("time_to_accuracy.py", tmp_path)
+    assert re.search(r"^=== hand grid: [\d.]+ s; 18 results", out, re.M)  # 9 trials x 2 epochs
+    assert re.search(r"^=== suite: [\d.]+ s; \d+ results", out, re.M)
+    assert "median time to val_accuracy >= 0.97: hand grid" in out
+    assert re.search(r"suite (never )?worse at equal time", out)
+
+
+def test_throughput_compares_tutorial_and_trainer(tmp_path):
+    out = smoke("throughput.py", tmp_path)
+    assert re.search(r"suite / tutorial W=0: [\d.]+x", out)
+
+
+def test_data_sharing_samples_concurrent_trials(tmp_path):
+    out = smoke("data_sharing.py", tmp_path)
+    assert "node total PSS peak" in out and "both running" in out
+
+
+def test_memory_measures_the_node_at_1_and_2_trials(tmp_path):
+    out = smoke("memory.py", tmp_path)
+    assert re.search(r"^large data, 2 trial\(s\)\s+[\d,]+\s+[\d,]+\s+2\s", out, re.M)
+    assert re.search(r"^2 trials: node PSS per extra trial, raw [\d,]+ MB", out, re.M)
+
+
+def test_scale_runs_on_a_simulated_cluster_with_mlflow(tmp_path):
+    out = smoke("scale.py", tmp_path)
+    assert re.search(r"^MLflow on: 12 trials, 36 results, 0 errored in [\d.]+ s = [\d.]+ "
+                     r"trials/s", out, re.M)
+    assert re.search(r"^  MLflow: \d+ calls \(.*\) = [\d.]+ per result", out, re.M)
+    assert "growth per 1,000 trials" in out and "kB per trial" in out
+
+
+@pytest.mark.gpu
+def test_gpu_packing_packs_trials_on_one_gpu(tmp_path):
+    out = smoke("gpu_packing.py", tmp_path)
+    assert re.search(r"gpu 0.5 / gpu 1: [\d.]+x \(aim (NOT )?met", out)
