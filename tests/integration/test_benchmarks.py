@@ -10,6 +10,7 @@ import os
 import re
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -18,21 +19,41 @@ from helpers import ROOT, cli_env
 BENCHMARKS_MD = ROOT / "BENCHMARKS.md"
 
 
-def smoke(script: str, cwd) -> str:
-    """Run ``benchmarks/<script> --smoke``; its stdout, after checking that it exited 0
-    and left BENCHMARKS.md untouched."""
-    before = BENCHMARKS_MD.read_bytes()
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--smoke"],
-                          cwd=cwd, capture_output=True, text=True, timeout=400,
+SCRIPTS = ("overhead.py", "time_to_accuracy.py", "throughput.py", "data_sharing.py",
+           "memory.py", "scale.py")
+
+
+def _run(script: str, cwd) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--smoke"],
+                          cwd=cwd, capture_output=True, text=True, timeout=600,
                           env=cli_env(RAY_ADDRESS="local"))  # never join another Ray
+
+
+@pytest.fixture(scope="module")
+def smoke_runs(tmp_path_factory):
+    """Every CPU script's smoke run, three at a time (most of a smoke run is starting
+    Ray and importing torch, so they overlap well on 2 cores); each in its own folder
+    and its own Ray runtime."""
+    before = BENCHMARKS_MD.read_bytes()
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        futures = {s: pool.submit(_run, s, tmp_path_factory.mktemp(s.split(".")[0]))
+                   for s in SCRIPTS}
+        runs = {s: f.result() for s, f in futures.items()}
+    assert BENCHMARKS_MD.read_bytes() == before, "a --smoke run changed BENCHMARKS.md"
+    return runs
+
+
+def smoke(script: str, runs: dict) -> str:
+    """The stdout of ``benchmarks/<script> --smoke``, after checking it exited 0 and
+    recorded nothing."""
+    proc = runs[script]
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    assert BENCHMARKS_MD.read_bytes() == before, f"{script} --smoke changed BENCHMARKS.md"
     assert "recorded in" not in proc.stdout
     return proc.stdout
 
 
-def test_overhead_compares_ray_defaults_reuse_and_the_suite(tmp_path):
-    out = smoke("overhead.py", tmp_path)
+def test_overhead_compares_ray_defaults_reuse_and_the_suite(smoke_runs):
+    out = smoke("overhead.py", smoke_runs)
     workers = {side: int(n) for side, n in
                re.findall(r"^((?:raw Ray Tune|suite), [^\n]*?)\s+[\d.]+\s+\d+ ms\s+(\d+)$", out,
                           re.M)}
@@ -48,32 +69,32 @@ def test_overhead_compares_ray_defaults_reuse_and_the_suite(tmp_path):
     assert "MLflow (SQLite) adds" in out
 
 
-def test_time_to_accuracy_runs_grid_and_suite(tmp_path):
-    out = smoke("time_to_accuracy.py", tmp_path)
+def test_time_to_accuracy_runs_grid_and_suite(smoke_runs):
+    out = smoke("time_to_accuracy.py", smoke_runs)
     assert re.search(r"^=== hand grid: [\d.]+ s; 18 results", out, re.M)  # 9 trials x 2 epochs
     assert re.search(r"^=== suite: [\d.]+ s; \d+ results", out, re.M)
     assert "median time to val_accuracy >= 0.97: hand grid" in out
     assert re.search(r"suite (never )?worse at equal time", out)
 
 
-def test_throughput_compares_tutorial_and_trainer(tmp_path):
-    out = smoke("throughput.py", tmp_path)
+def test_throughput_compares_tutorial_and_trainer(smoke_runs):
+    out = smoke("throughput.py", smoke_runs)
     assert re.search(r"suite / tutorial W=0: [\d.]+x", out)
 
 
-def test_data_sharing_samples_concurrent_trials(tmp_path):
-    out = smoke("data_sharing.py", tmp_path)
+def test_data_sharing_samples_concurrent_trials(smoke_runs):
+    out = smoke("data_sharing.py", smoke_runs)
     assert "node total PSS peak" in out and "both running" in out
 
 
-def test_memory_measures_the_node_at_1_and_2_trials(tmp_path):
-    out = smoke("memory.py", tmp_path)
+def test_memory_measures_the_node_at_1_and_2_trials(smoke_runs):
+    out = smoke("memory.py", smoke_runs)
     assert re.search(r"^large data, 2 trial\(s\)\s+[\d,]+\s+[\d,]+\s+2\s", out, re.M)
     assert re.search(r"^2 trials: node PSS per extra trial, raw [\d,]+ MB", out, re.M)
 
 
-def test_scale_runs_on_a_simulated_cluster_with_mlflow(tmp_path):
-    out = smoke("scale.py", tmp_path)
+def test_scale_runs_on_a_simulated_cluster_with_mlflow(smoke_runs):
+    out = smoke("scale.py", smoke_runs)
     assert re.search(r"^MLflow on: 12 trials, 36 results, 0 errored in [\d.]+ s = [\d.]+ "
                      r"trials/s", out, re.M)
     assert re.search(r"^  MLflow: \d+ calls \(.*\) = [\d.]+ per result", out, re.M)
@@ -82,5 +103,5 @@ def test_scale_runs_on_a_simulated_cluster_with_mlflow(tmp_path):
 
 @pytest.mark.gpu
 def test_gpu_packing_packs_trials_on_one_gpu(tmp_path):
-    out = smoke("gpu_packing.py", tmp_path)
+    out = smoke("gpu_packing.py", {"gpu_packing.py": _run("gpu_packing.py", tmp_path)})
     assert re.search(r"gpu 0.5 / gpu 1: [\d.]+x \(aim (NOT )?met", out)
