@@ -15,18 +15,6 @@ def in_tmp(tmp_path, monkeypatch):
     return tmp_path
 
 
-def pytest_configure(config):
-    """Before xdist starts its workers: make sure Ray's token file exists, so parallel
-    workers' first `ray.init` calls do not each write a different token to it."""
-    if hasattr(config, "workerinput"):
-        return
-    from ray._private.authentication.authentication_token_setup import (
-        _get_default_token_path, generate_and_save_token)
-
-    if not _get_default_token_path().exists():
-        generate_and_save_token()
-
-
 def pytest_collection_modifyitems(config, items):
     """GPU tests run only where CUDA is available (never in CI)."""
     try:

@@ -14,7 +14,7 @@ import torch
 from helpers import CLI, cli_env, mlflow_runs, result_rows
 from raytune_suite.training import checkpoint as ckpt
 
-EPOCHS = 15
+EPOCHS = 12
 EXPERIMENT = textwrap.dedent(f"""
     name: ctrlc
     trainable: classifier

@@ -12,6 +12,7 @@ import time
 import urllib.request
 
 from helpers import CLI, cli_env
+from raytune_suite.sync import sync_experiment
 
 EPOCHS = 6
 EXPERIMENT = textwrap.dedent(f"""
@@ -126,9 +127,7 @@ def test_server_dies_mid_run_then_mlflow_sync_backfills(tmp_path):
         assert len(search) == 1 and "best_val_accuracy" in search[0].data.metrics
 
         # Syncing again writes nothing.
-        again = subprocess.run([*CLI, "mlflow-sync", "outage"], cwd=tmp_path, env=cli_env(),
-                               capture_output=True, text=True, timeout=300)
-        assert again.returncode == 0, again.stderr[-3000:]
-        assert "created 0 runs, logged 0 metric values, closed 0 runs" in again.stdout
+        again = sync_experiment(str(results))
+        assert (again.runs_created, again.metrics_logged, again.runs_closed) == (0, 0, 0)
     finally:
         _stop_server(server)
