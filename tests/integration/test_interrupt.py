@@ -14,7 +14,7 @@ import torch
 from helpers import CLI, cli_env, mlflow_runs, result_rows
 from raytune_suite.training import checkpoint as ckpt
 
-EPOCHS = 12
+EPOCHS = 15
 EXPERIMENT = textwrap.dedent(f"""
     name: ctrlc
     trainable: classifier
@@ -72,7 +72,7 @@ def test_resume_after_ctrl_c_finishes_and_corrupt_checkpoints_are_explicit(inter
     # Ray registered last is bad): one trial's truncated, the other's holding weights of
     # another model (with a valid digest).
     unfinished = sorted(name for name, rows in result_rows(results).items() if len(rows) < EPOCHS)
-    assert len(unfinished) == 4
+    assert len(unfinished) >= 3  # a fast trial may have finished before the Ctrl-C
     truncated, wrong_shape, clean = unfinished[0], unfinished[1], unfinished[2:]
     for folder in (results / truncated).glob("checkpoint_*"):
         pt = folder / ckpt.STATE_FILE
