@@ -311,7 +311,8 @@ def close_open_runs(uri: str, parent_run_id: str, trials: dict, max_t: Optional[
 
     Args:
         trials: Ray trial id -> Ray ``Trial`` (status, last_result, error_file) for every
-            trial of the experiment.
+            trial of the experiment; empty when Ray's trials are unknown (the search
+            itself failed), and then no run is taken for lost.
     """
     client = mlflow_client(uri)
     experiment_id = client.get_run(parent_run_id).info.experiment_id
@@ -319,12 +320,12 @@ def close_open_runs(uri: str, parent_run_id: str, trials: dict, max_t: Optional[
                               filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}'")
     for run in runs:
         trial = trials.get(run.data.tags.get(TRIAL_ID_TAG))
-        if trial is None:
+        if trial is None and trials:
             client.set_tag(run.info.run_id, OUTCOME_TAG, "lost")
             client.delete_run(run.info.run_id)
         elif run.info.status != "RUNNING":
             continue
-        elif trial.status in ("TERMINATED", "ERROR"):
+        elif trial is not None and trial.status in ("TERMINATED", "ERROR"):
             last = trial.last_result or {}
             close_trial_run(client, run.info.run_id, last, trial.status == "ERROR",
                             stopped_early(last, max_t), trial.error_file)
