@@ -303,3 +303,18 @@ def _number(value) -> float:
     except (TypeError, ValueError):
         return float("-inf")
     return number if number == number else float("-inf")
+
+
+def report_end(started: float, problems: list[str], smoke: bool) -> bool:
+    """Print the run's total time and what kept it from measuring; whether to record a
+    row (not for a smoke run, nor when anything went unmeasured)."""
+    print(f"total {time.perf_counter() - started:.0f} s")
+    for line in problems:
+        print(f"NOT MEASURED: {line}")
+    return not (smoke or problems)
+
+
+def record(heading: str, columns: Sequence[str], cells: Sequence[str]) -> None:
+    """Append the run's row to BENCHMARKS.md and say where it went."""
+    append_row(heading, columns, cells)
+    print(f"\nrecorded in {BENCHMARKS_MD}")

@@ -265,18 +265,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     target = args.target or 0.9 * (runs[0].watcher.best_by(math.inf, METRIC) or 0.0)
     figures = report(runs, target)
     problems = problems_of(runs, args)
-    print(f"total {time.perf_counter() - started:.0f} s")
-    for line in problems:
-        print(f"NOT MEASURED: {line}")
-    if args.smoke or problems:
+    if not _common.report_end(started, problems, args.smoke):
         return 1 if problems else 0
     cells = [_common.utc_now(), where, f"`{_common.command()}`",
              f"{args.samples} synthetic 3x32x32 samples on the device; CNN width 1, batch 128, "
              f"SGD lr 0.05, bf16 + channels_last; {args.epochs} epochs; trials differ in seed",
              figures["steady"], figures["ratio"], figures["wall"], figures["ttt"],
              figures["share"]]
-    _common.append_row(HEADING, COLUMNS, cells)
-    print(f"\nrecorded in {_common.BENCHMARKS_MD}")
+    _common.record(HEADING, COLUMNS, cells)
     return 0
 
 

@@ -229,10 +229,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     figures = derive(large, runtime, data_bytes)
     print_report(large, runtime, figures, data_bytes)
     problems = problems_of([*large.values(), *runtime.values()])
-    print(f"total {time.perf_counter() - started:.0f} s")
-    for line in problems:
-        print(f"NOT MEASURED: {line}")
-    if args.smoke or problems:
+    if not _common.report_end(started, problems, args.smoke):
         return 1 if problems else 0
     cells = [_common.utc_now(), where, f"`{_common.command()}`",
              f"{args.samples} x {'x'.join(map(str, SHAPE))} float32 = {_mb(data_bytes)} MB; "
@@ -244,8 +241,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                                                f"({_common.verdict(v < data_bytes / 4)})"),
              _per_k(figures["raw"], lambda v: f"{_mb(v)} MB"),
              _per_k({k: c.sampler.rss_peak for k, c in large.items()}, _mb)]
-    _common.append_row(HEADING, COLUMNS, cells)
-    print(f"\nrecorded in {_common.BENCHMARKS_MD}")
+    _common.record(HEADING, COLUMNS, cells)
     return 0
 
 

@@ -253,10 +253,7 @@ def main(argv: Optional[list[str]] = None) -> int:
               f"MLflow store created in {store_seconds:.1f} s (not part of any run)", flush=True)
         runs = run_rounds(args, tmp, mlflow_uri)
     overhead, problems = report(runs, args)
-    print(f"total {time.perf_counter() - started:.0f} s")
-    for line in problems:
-        print(f"NOT MEASURED: {line}")
-    if args.smoke or problems:
+    if not _common.report_end(started, problems, args.smoke):
         return 1 if problems else 0
     cells = [_common.utc_now(), where, f"`{_common.command()}`",
              f"{args.trials} trials x {args.reports} report(s), 1 CPU each, {os.cpu_count()} "
@@ -265,8 +262,7 @@ def main(argv: Optional[list[str]] = None) -> int:
              "; ".join(f"{side} {overhead[side]:,.0f}" for side in overhead),
              "; ".join(f"{s}: {vs_defaults(overhead, s)}" for s in SUITES),
              "; ".join(f"{s}: {vs_reuse(overhead, s)}" for s in SUITES)]
-    _common.append_row(HEADING, COLUMNS, cells)
-    print(f"\nrecorded in {_common.BENCHMARKS_MD}")
+    _common.record(HEADING, COLUMNS, cells)
     return 0
 
 

@@ -323,10 +323,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                 f"{r.results} of {args.trials * args.reports} results"
                 for r in runs if r.errors or r.trials != args.trials
                 or r.results != args.trials * args.reports]
-    print(f"total {time.perf_counter() - started:.0f} s")
-    for line in problems:
-        print(f"NOT MEASURED: {line}")
-    if args.smoke or problems:
+    if not _common.report_end(started, problems, args.smoke):
         return 1 if problems else 0
     off, on = runs
     cells = [_common.utc_now(), where, f"`{_common.command()}`",
@@ -340,8 +337,7 @@ def main(argv: Optional[list[str]] = None) -> int:
              mlflow_text(on),
              f"{on.storage_bytes / on.trials / 1e3:,.1f} kB (MLflow on); experiment state "
              f"{on.state_bytes / on.trials / 1e3:.2f} kB per trial"]
-    _common.append_row(HEADING, COLUMNS, cells)
-    print(f"\nrecorded in {_common.BENCHMARKS_MD}")
+    _common.record(HEADING, COLUMNS, cells)
     return 0
 
 

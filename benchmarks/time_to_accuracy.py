@@ -301,10 +301,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         seeds, runs = run_seeds(args, tmp, mlflow_uri)
     figures = summarize(seeds, args.target)
     problems = problems_of(runs, args)
-    print(f"total {time.perf_counter() - started:.0f} s")
-    for line in problems:
-        print(f"NOT MEASURED: {line}")
-    if args.smoke or problems:
+    if not _common.report_end(started, problems, args.smoke):
         return 1 if problems else 0
     cells = [_common.utc_now(), where, f"`{_common.command()}`",
              f"digits, CNN width 0.25, SGD momentum 0.9, {args.epochs} epochs; target "
@@ -313,8 +310,7 @@ def main(argv: Optional[list[str]] = None) -> int:
              f"time, 1 CPU each; MLflow on (SQLite); seeds {' '.join(map(str, args.seeds))}",
              figures["grid"], figures["suite"], figures["ratio"], figures["equal"],
              figures["whole"]]
-    _common.append_row(HEADING, COLUMNS, cells)
-    print(f"\nrecorded in {_common.BENCHMARKS_MD}")
+    _common.record(HEADING, COLUMNS, cells)
     return 0
 
 
