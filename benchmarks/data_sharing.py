@@ -251,8 +251,8 @@ def run_case(label: str, trials: int, samples: int, epochs: int, shared: bool = 
     """Run the suite in a fresh Ray runtime and a fresh storage folder, sampling memory."""
     import ray
 
-    from raytune_suite.runner import run_experiment
-    from raytune_suite.spec import validate
+    from raytune_suite.engine.runner import run_experiment
+    from raytune_suite.experiment import validate
 
     print(f"\n=== {label}: {trials} trial(s), {samples} samples, "
           f"{'shared' if shared else 'loaded by each trial'}", flush=True)

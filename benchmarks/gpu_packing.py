@@ -154,8 +154,8 @@ def experiment(gpu: float, args: argparse.Namespace, storage: str, name: str) ->
 
 def run_packing(gpu: float, args: argparse.Namespace, storage: str,
                 name: Optional[str] = None) -> Packing:
-    from raytune_suite.runner import run_experiment
-    from raytune_suite.spec import validate
+    from raytune_suite.engine.runner import run_experiment
+    from raytune_suite.experiment import validate
 
     raw = experiment(gpu, args, storage, name or f"p5-gpu-packing-{round(1 / gpu)}")
     spec = validate(raw)
@@ -245,7 +245,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 0
     import ray
 
-    from raytune_suite.runner import init_ray
+    from raytune_suite.engine.runner import init_ray
 
     _common.start_local_ray_only()
     where = _common.machine(f"cuda ({torch.cuda.get_device_name(0)})")

@@ -125,8 +125,8 @@ def run_case(trials: int, samples: int, epochs: int) -> Case:
     """Run the suite in a fresh Ray runtime and storage folder, sampling the node."""
     import ray
 
-    from raytune_suite.runner import run_experiment
-    from raytune_suite.spec import validate
+    from raytune_suite.engine.runner import run_experiment
+    from raytune_suite.experiment import validate
 
     print(f"\n=== {trials} trial(s) at once, {samples} samples", flush=True)
     with tempfile.TemporaryDirectory(prefix="p4-memory-") as storage:

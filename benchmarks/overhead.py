@@ -75,7 +75,7 @@ def start_runtime(suite: bool) -> None:
     """A fresh Ray runtime, the suite's or a plain one, with its idle workers up."""
     import ray
 
-    from raytune_suite.runner import init_ray
+    from raytune_suite.engine.runner import init_ray
 
     if suite:
         init_ray(None)
@@ -120,8 +120,8 @@ def run_raw(side: str, trials: int, reports: int, storage: str, name: str) -> Ru
 def run_suite(side: str, trials: int, reports: int, storage: str, name: str,
               mlflow_uri: str) -> Run:
     """The suite: an experiment file through ``spec.validate`` and ``run_experiment``."""
-    from raytune_suite.runner import run_experiment
-    from raytune_suite.spec import validate
+    from raytune_suite.engine.runner import run_experiment
+    from raytune_suite.experiment import validate
 
     mlflow = side == SUITE_ON
     raw = {

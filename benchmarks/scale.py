@@ -187,8 +187,8 @@ def run_once(name: str, trials: int, reports: int, address: str, storage: str,
     """Run the suite against the cluster, sampling the driver and timing MLflow."""
     import ray
 
-    from raytune_suite.runner import run_experiment
-    from raytune_suite.spec import validate
+    from raytune_suite.engine.runner import run_experiment
+    from raytune_suite.experiment import validate
 
     raw = experiment(name, trials, reports, storage, mlflow_uri, mlflow)
     spec = validate(raw)

@@ -124,8 +124,8 @@ def experiment(side: str, seed: int, args: argparse.Namespace, storage: str,
 def run_side(side: str, seed: int, args: argparse.Namespace, storage: str,
              mlflow_uri: str, tag: str) -> Run:
     """Run one side through the suite while watching its results arrive."""
-    from raytune_suite.runner import run_experiment
-    from raytune_suite.spec import validate
+    from raytune_suite.engine.runner import run_experiment
+    from raytune_suite.experiment import validate
 
     raw = experiment(side, seed, args, storage, mlflow_uri, tag)
     spec = validate(raw)
@@ -246,7 +246,7 @@ def run_seeds(args: argparse.Namespace, storage: str,
     run of each (not with --smoke)."""
     import ray
 
-    from raytune_suite.runner import init_ray
+    from raytune_suite.engine.runner import init_ray
 
     seeds, runs = [], []
     init_ray(None)

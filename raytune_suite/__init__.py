@@ -12,12 +12,12 @@ import os
 os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 
 from raytune_suite.errors import CheckpointError, SpecError  # noqa: E402
-from raytune_suite.spec import ExperimentSpec, load_spec  # noqa: E402
+from raytune_suite.experiment import ExperimentSpec, load_spec  # noqa: E402
 
 
 def run_experiment(*args, **kwargs):
-    """See :func:`raytune_suite.runner.run_experiment` (imported lazily: it needs Ray)."""
-    from raytune_suite.runner import run_experiment as _run
+    """See :func:`raytune_suite.engine.runner.run_experiment` (imported lazily: it needs Ray)."""
+    from raytune_suite.engine.runner import run_experiment as _run
 
     return _run(*args, **kwargs)
 

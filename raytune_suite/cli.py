@@ -14,6 +14,7 @@ from typing import Optional, Sequence
 from raytune_suite.errors import Interrupted, SpecError
 
 EXIT_USER_ERROR = 2
+EXIT_TRIALS_FAILED = 3  # the search ran to its end, but some trials errored
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report Ctrl-C
 
 
@@ -90,35 +91,36 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def _validate(args) -> int:
-    from raytune_suite.spec import load_spec
+    from raytune_suite.engine.registry import check
+    from raytune_suite.experiment import load_spec
 
     spec, _ = load_spec(args.file, args.overrides)
+    check(spec)  # Ray Tune builds the searcher, scheduler and space as the run will
     print(f"{args.file}: ok ({spec.search.algorithm} search, {spec.scheduler.type} scheduler, "
           f"{len(list(spec.search_space.leaves()))} searched hyperparameters)")
     return 0
 
 
 def _run(args) -> int:
-    from raytune_suite.spec import load_spec
+    from raytune_suite.experiment import load_spec
 
     spec, raw = load_spec(args.file, args.overrides)
-    from raytune_suite.runner import run_experiment
+    from raytune_suite.engine.runner import run_experiment
 
-    _print_outcome(run_experiment(spec, raw, address=args.address,
-                                  use_mlflow=not args.no_mlflow))
-    return 0
+    return _print_outcome(run_experiment(spec, raw, address=args.address,
+                                         use_mlflow=not args.no_mlflow))
 
 
 def _resume(args) -> int:
-    from raytune_suite.runner import resume_experiment
+    from raytune_suite.engine.runner import resume_experiment
 
-    _print_outcome(resume_experiment(args.experiment, address=args.address))
-    return 0
+    return _print_outcome(resume_experiment(args.experiment, address=args.address))
 
 
-def _print_outcome(outcome) -> None:
+def _print_outcome(outcome) -> int:
+    """Print the end of a search; its exit status (3 when trials errored)."""
+    from raytune_suite.engine.runner import mlflow_hint
     from raytune_suite.report import leaderboard
-    from raytune_suite.runner import mlflow_hint
 
     spec = outcome.spec
     diverged = [t for t in outcome.trials if t.status == "DIVERGED"]
@@ -127,6 +129,13 @@ def _print_outcome(outcome) -> None:
           f"{len(diverged)} diverged; top {min(5, len(outcome.trials))} by {spec.metric} "
           f"({spec.mode}):")
     print(leaderboard(outcome.trials, spec.metric))
+    counts = outcome.outcomes
+    print("outcomes: " + ", ".join(f"{n} {name.replace('_', ' ')}"
+                                   for name, n in sorted(counts.items())))
+    if outcome.pbt:
+        p = outcome.pbt
+        print(f"pbt:     {p['exploits']} exploits ({p['retrained']} epochs retrained), "
+              f"{p['skipped']} skipped for want of a recent donor checkpoint")
     print(f"\nresults: {outcome.path}")
     print(f"best:    raytune-suite best {outcome.path}")
     if outcome.tracking_uri:
@@ -134,10 +143,16 @@ def _print_outcome(outcome) -> None:
     if outcome.mlflow_offline:
         print(f"warning: MLflow missed part of this search ({outcome.mlflow_offline}); once "
               f"it is back: raytune-suite mlflow-sync {outcome.path}", file=sys.stderr)
+    if outcome.errors:
+        print(f"error: {outcome.errors} of {len(outcome.trials)} trials errored (their "
+              f"error.txt in {outcome.path}/<trial>/); fix and run `raytune-suite resume "
+              f"{outcome.path}` to retry them", file=sys.stderr)
+        return EXIT_TRIALS_FAILED
+    return 0
 
 
 def _best(args) -> int:
-    from raytune_suite.runner import load_outcome
+    from raytune_suite.engine.runner import load_outcome
 
     outcome = load_outcome(args.experiment)
     best = outcome.best

@@ -18,7 +18,8 @@ import yaml
 
 import raytune_suite
 from raytune_suite.errors import SpecError, token_auth_error
-from raytune_suite.spec import load_spec
+from raytune_suite.engine.registry import check
+from raytune_suite.experiment import load_spec
 
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 
@@ -64,6 +65,7 @@ def submit(file: str, overrides: list[str], address: str, wait: bool = True,
         The job id and, with ``wait``, its final status (after streaming its logs).
     """
     spec, raw = load_spec(file, overrides)  # mistakes end here, before the cluster is asked
+    check(spec)
     raw = _absolute(raw, spec)
     py_modules = [str(Path(raytune_suite.__file__).parent)]
     if ":" in spec.trainable and not spec.trainable.startswith("raytune_suite"):

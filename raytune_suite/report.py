@@ -15,6 +15,7 @@ class TrialSummary:
     epochs: int  # training iterations the trial ran
     status: str  # TERMINATED, ERROR or DIVERGED
     checkpoint: Optional[str]  # folder of the best retained checkpoint
+    outcome: str = "completed"  # see raytune_suite.engine.outcomes
 
 
 def _get(config: dict, dotted: str) -> Any:
@@ -26,10 +27,13 @@ def _get(config: dict, dotted: str) -> Any:
     return node
 
 
-def summarize(results, metric: str, mode: str, searched: list[str]) -> list[TrialSummary]:
+def summarize(results, spec, searched: list[str]) -> list[TrialSummary]:
     """One summary per trial of a Ray ``ResultGrid``, best first; trials with no finite
     value of the metric come last, and so do diverged trials (a NaN or inf loss): their
     earlier epochs do not make a model anyone should pick."""
+    from raytune_suite.engine.outcomes import recorded_outcome
+
+    metric, mode = spec.metric, spec.mode
     rows = []
     for r in results:
         history = r.metrics_dataframe
@@ -53,6 +57,7 @@ def summarize(results, metric: str, mode: str, searched: list[str]) -> list[Tria
             epochs=int(metrics.get("training_iteration", 0)),
             status="ERROR" if r.error else "DIVERGED" if diverged else "TERMINATED",
             checkpoint=ckpt,
+            outcome=recorded_outcome(metrics, r.error is not None, spec.max_t, spec.time_attr),
         ))
     sign = -1 if mode == "max" else 1
     return sorted(rows, key=lambda t: (t.best is None, sign * (t.best or 0.0)))

@@ -32,8 +32,8 @@ def sync_experiment(ref: str) -> SyncReport:
     from ray.tune.utils import flatten_dict
 
     from raytune_suite import tracking
-    from raytune_suite.runner import (load_outcome, load_results, start_search_run,
-                                      update_state)
+    from raytune_suite.engine.runner import load_outcome, load_results, start_search_run
+    from raytune_suite.engine.state import update_state
 
     path, spec, state, results = load_results(ref)
     uri = state.get("tracking_uri") or tracking.resolve_tracking_uri(
@@ -71,7 +71,7 @@ def sync_experiment(ref: str) -> SyncReport:
         report.metrics_logged += len(metrics)
         if run.info.status != "FINISHED" and run.info.status != "FAILED":
             tracking.close_trial_run(client, run_id, last, result.error is not None,
-                                     tracking.stopped_early(last, spec.max_t))
+                                     spec.max_t, None, spec.time_attr)
             if result.error is not None:
                 client.set_tag(run_id, "error", str(result.error)[-4000:])
             report.runs_closed += 1

@@ -15,10 +15,13 @@ from typing import Any, Optional
 from ray.air.integrations.mlflow import MLflowLoggerCallback
 from ray.tune.utils import flatten_dict
 
+from raytune_suite.engine.outcomes import recorded_outcome
+
 logger = logging.getLogger(__name__)
 
 TRIAL_ID_TAG = "ray.trial_id"
-OUTCOME_TAG = "raytune_suite.outcome"  # completed | stopped_early | diverged | errored
+# completed | stopped_early | stopped_by_budget | diverged | errored (engine.outcomes)
+OUTCOME_TAG = "raytune_suite.outcome"
 ROLE_TAG = "raytune_suite.role"  # search | trial
 STOP_REASON_TAG = "raytune_suite.stop_reason"  # why a diverged trial stopped
 EXPERIMENT_PATH_TAG = "raytune_suite.experiment_path"
@@ -27,7 +30,8 @@ EXPERIMENT_PATH_TAG = "raytune_suite.experiment_path"
 _SKIP_METRICS = {"done", "pid", "timestamp", "training_iteration", "iterations_since_restore",
                  "time_since_restore", "timesteps_total", "episodes_total", "node_ip",
                  "hostname", "date", "trial_id", "experiment_tag", "time_total_s",
-                 "timesteps_since_restore", "should_checkpoint", "checkpoint_dir_name"}
+                 "timesteps_since_restore", "should_checkpoint", "checkpoint_dir_name",
+                 "outcome"}
 
 
 def resolve_tracking_uri(uri: str) -> str:
@@ -162,16 +166,6 @@ def result_metrics(result: dict, step: int) -> list:
     return metrics
 
 
-def trial_outcome(last_result: Optional[dict], failed: bool, stopped_early: bool
-                  ) -> tuple[str, str]:
-    """(outcome tag, MLflow run status) of a trial that ended."""
-    if failed:
-        return "errored", "FAILED"
-    if last_result and last_result.get("diverged"):
-        return "diverged", "FINISHED"
-    return ("stopped_early" if stopped_early else "completed"), "FINISHED"
-
-
 def _offline_safe(method):
     """Run a callback method; the first MLflow failure turns the callback off for the rest
     of the search (with one warning) instead of stopping the search."""
@@ -197,9 +191,11 @@ class TrialRunsCallback(MLflowLoggerCallback):
       metric: with SQLite the stock callback stalls the driver loop);
     - every trial run carries the Ray trial id and the parent search run, and is found
       again by that id after ``raytune-suite resume`` instead of being duplicated;
-    - the final status says how the trial ended: completed, stopped early by the
-      scheduler, diverged (NaN or inf loss; the reason is the ``stop_reason`` tag) or
-      errored;
+    - the final status says how the trial ended (``engine.outcomes``): completed,
+      stopped early by the scheduler, stopped by the time budget, diverged (NaN or inf
+      loss; the reason is the ``stop_reason`` tag) or errored;
+    - after a resume, steps a run already holds are not logged again (a trial restored
+      from a checkpoint repeats the iterations after it);
     - PBT changes a trial's hyperparameters mid-run; MLflow params are immutable, so
       later values are logged as ``config/<name>`` metrics;
     - if the tracking server fails mid-search, tuning goes on: one warning, no more
@@ -208,14 +204,16 @@ class TrialRunsCallback(MLflowLoggerCallback):
     """
 
     def __init__(self, tracking_uri: str, experiment_name: str, parent_run_id: str,
-                 max_t: Optional[int], experiment_path: str = ""):
+                 max_t: Optional[int], experiment_path: str = "",
+                 time_attr: str = "training_iteration"):
         super().__init__(tracking_uri=tracking_uri, experiment_name=experiment_name,
                          tags={"mlflow.parentRunId": parent_run_id, ROLE_TAG: "trial"})
         self.max_t = max_t
+        self.time_attr = time_attr
         self.experiment_path = experiment_path
         self.offline: Optional[str] = None
-        self._stopped_early: set[str] = set()
         self._params: dict[str, dict[str, str]] = {}
+        self._logged_through: dict[str, int] = {}  # run -> last step MLflow holds
 
     def setup(self, *args, **kwargs):
         self._trial_runs = {}
@@ -234,12 +232,19 @@ class TrialRunsCallback(MLflowLoggerCallback):
                        "is back, backfill the missing runs with: raytune-suite mlflow-sync "
                        "%s", self.tracking_uri, self.offline, self.experiment_path)
         if self.experiment_path:
-            from raytune_suite.runner import update_state
+            from raytune_suite.engine.state import update_state
 
             update_state(self.experiment_path, mlflow_offline=self.offline)
 
     def _find_run(self, trial) -> Optional[str]:
-        return find_trial_run(self._client, self.mlflow_util.experiment_id, trial.trial_id)
+        run = find_trial_run(self._client, self.mlflow_util.experiment_id, trial.trial_id,
+                             full=True)
+        if run is None:
+            return None
+        steps = [m.step for m in getattr(run.data, "_metric_objs", [])]
+        if steps:
+            self._logged_through[run.info.run_id] = max(steps)
+        return run.info.run_id
 
     @_offline_safe
     def log_trial_start(self, trial):
@@ -273,32 +278,45 @@ class TrialRunsCallback(MLflowLoggerCallback):
     def log_trial_result(self, iteration: int, trial, result: dict):
         run_id = self._trial_runs[trial]
         step = int(result.get("training_iteration", iteration))
+        if step <= self._logged_through.get(run_id, 0):
+            return  # logged before the driver stopped; the restored trial repeats it
+        self._logged_through.pop(run_id, None)
         self._client.log_batch(run_id, metrics=result_metrics(result, step))
-        if result.get("done") and not (self.max_t and step >= self.max_t):
-            # Callbacks only see done=True when Tune stopped the trial; the stop
-            # criterion (max_t) is excluded above, so the scheduler did it.
-            self._stopped_early.add(trial.trial_id)
 
     @_offline_safe
     def log_trial_end(self, trial, failed: bool = False):
         run_id = self._trial_runs.get(trial)
         if run_id is None:
             return
-        close_trial_run(self._client, run_id, trial.last_result, failed,
-                        trial.trial_id in self._stopped_early,
-                        trial.error_file if failed else None)
+        close_trial_run(self._client, run_id, trial.last_result, failed, self.max_t,
+                        trial.error_file if failed else None, self.time_attr)
 
 
-def find_trial_run(client, experiment_id: str, trial_id: str) -> Optional[str]:
-    """The MLflow run of a Ray trial (by its ``ray.trial_id`` tag), or None."""
+def find_trial_run(client, experiment_id: str, trial_id: str, full: bool = False):
+    """The MLflow run id of a Ray trial (by its ``ray.trial_id`` tag), or None; the whole
+    ``Run`` with ``full``."""
     runs = client.search_runs([experiment_id],
                               filter_string=f"tags.`{TRIAL_ID_TAG}` = '{trial_id}'",
                               max_results=1)
-    return runs[0].info.run_id if runs else None
+    if not runs:
+        return None
+    return runs[0] if full else runs[0].info.run_id
+
+
+def discard_search(uri: str, parent_run_id: str) -> None:
+    """Delete the MLflow runs of a search that stopped before Ray saved any state (it
+    starts again from scratch; MLflow keeps deleted runs restorable)."""
+    client = mlflow_client(uri)
+    experiment_id = client.get_run(parent_run_id).info.experiment_id
+    for run in client.search_runs([experiment_id], max_results=10000,
+                                  filter_string=f"tags.`mlflow.parentRunId` = "
+                                                f"'{parent_run_id}'"):
+        client.delete_run(run.info.run_id)
+    client.delete_run(parent_run_id)
 
 
 def close_open_runs(uri: str, parent_run_id: str, trials: dict, max_t: Optional[int],
-                    status: Optional[str]) -> None:
+                    status: Optional[str], time_attr: str = "training_iteration") -> None:
     """Make the search's trial runs agree with Ray's trials after a stop or a crash.
 
     - a run still RUNNING whose trial Ray finished (the driver died before its end
@@ -326,21 +344,19 @@ def close_open_runs(uri: str, parent_run_id: str, trials: dict, max_t: Optional[
         elif run.info.status != "RUNNING":
             continue
         elif trial is not None and trial.status in ("TERMINATED", "ERROR"):
-            last = trial.last_result or {}
-            close_trial_run(client, run.info.run_id, last, trial.status == "ERROR",
-                            stopped_early(last, max_t), trial.error_file)
+            close_trial_run(client, run.info.run_id, trial.last_result, trial.status == "ERROR",
+                            max_t, trial.error_file, time_attr)
         elif status:
             client.set_terminated(run.info.run_id, status=status)
 
 
-def stopped_early(last_result: dict, max_t: Optional[int]) -> bool:
-    return bool(max_t) and int(last_result.get("training_iteration", 0)) < max_t
-
-
 def close_trial_run(client, run_id: str, last_result: Optional[dict], failed: bool,
-                    stopped_early: bool, error_file: Optional[str] = None) -> str:
+                    max_t: Optional[int], error_file: Optional[str] = None,
+                    time_attr: str = "training_iteration") -> str:
     """Tag how a trial ended (and why, when it diverged or errored); end its run."""
-    outcome, status = trial_outcome(last_result, failed, stopped_early)
+    last_result = last_result or {}
+    outcome = recorded_outcome(last_result, failed, max_t, time_attr)
+    status = "FAILED" if outcome == "errored" else "FINISHED"
     tags = [_tag(OUTCOME_TAG, outcome)]
     if outcome == "diverged":
         tags.append(_tag(STOP_REASON_TAG, last_result.get("stop_reason", "")))

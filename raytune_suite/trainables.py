@@ -54,6 +54,22 @@ def resolve_trainable(name: str) -> Callable:
     return func
 
 
+def is_class_trainable(fn) -> bool:
+    """A ``ray.tune.Trainable`` subclass (as opposed to a function trainable)."""
+    if not isinstance(fn, type):
+        return False
+    from ray.tune import Trainable
+
+    return issubclass(fn, Trainable)
+
+
+def obeys_checkpoint_every(name: str) -> bool:
+    """Whether ``checkpoint.every`` decides when this trainable checkpoints: the built-in
+    trainable takes it as an argument and Ray drives a class trainable's checkpoints
+    (``checkpoint_frequency``); a function trainable decides for itself."""
+    return name in BUILTIN or is_class_trainable(resolve_trainable(name))
+
+
 def _ship_by_value(module) -> None:
     """Pickle a user's trainable by value, so workers need not import its module.
 

@@ -7,8 +7,8 @@ import textwrap
 
 from helpers import mlflow_runs
 from raytune_suite.cli import main
-from raytune_suite.runner import run_experiment
-from raytune_suite.spec import validate
+from raytune_suite.engine.runner import run_experiment
+from raytune_suite.experiment import validate
 
 
 def test_nan_loss_stops_the_trial_is_recorded_and_never_picked(ray_local, in_tmp):

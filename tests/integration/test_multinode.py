@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from raytune_suite.errors import SpecError
-from raytune_suite.runner import run_experiment
-from raytune_suite.spec import validate
+from raytune_suite.engine.runner import run_experiment
+from raytune_suite.experiment import validate
 
 PROBE = textwrap.dedent('''
     import os, time

@@ -4,8 +4,8 @@ import textwrap
 
 
 from helpers import EXPERIMENTS, mlflow_runs
-from raytune_suite.runner import run_experiment
-from raytune_suite.spec import load_spec, validate
+from raytune_suite.engine.runner import run_experiment
+from raytune_suite.experiment import load_spec, validate
 
 OBJECTIVE = textwrap.dedent('''
     import os

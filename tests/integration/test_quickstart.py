@@ -35,7 +35,7 @@ def test_quickstart_prints_leaderboard_and_mlflow_command(quickstart_run):
 def test_quickstart_mlflow_has_one_run_per_trial_with_history(quickstart_run):
     from mlflow.tracking import MlflowClient
 
-    from raytune_suite.spec import load_spec
+    from raytune_suite.experiment import load_spec
 
     cwd, _, _ = quickstart_run
     spec, _ = load_spec(EXPERIMENTS / "quickstart.yaml")

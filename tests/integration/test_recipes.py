@@ -9,8 +9,8 @@ import torch
 
 from formats import write_cifar10, write_image_folder, write_mnist
 from helpers import EXPERIMENTS, mlflow_runs
-from raytune_suite.runner import run_experiment
-from raytune_suite.spec import load_spec
+from raytune_suite.engine.runner import run_experiment
+from raytune_suite.experiment import load_spec
 
 SMOKE = ["search.num_samples=2", "search.max_concurrent=2", "resources.cpu=1",
          "resources.gpu=0"]

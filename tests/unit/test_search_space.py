@@ -8,9 +8,9 @@ from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.hyperopt import HyperOptSearch
 from ray.tune.search.sample import Categorical, Float, Integer
 
-from raytune_suite import algorithms
-from raytune_suite.search_space import parse
-from raytune_suite.spec import validate
+from raytune_suite.engine import registry as algorithms
+from raytune_suite.experiment.space import parse
+from raytune_suite.experiment import validate
 
 SPACE = {
     "lr": {"loguniform": [1e-4, 1e-1]},
@@ -99,6 +99,7 @@ def test_clip_keeps_pbt_perturbations_inside_their_domains():
 @pytest.mark.parametrize("name", list(algorithms.SCHEDULERS))
 def test_scheduler_registry_builds(name):
     sched = {"fifo": {"type": "fifo"}, "asha": {"type": "asha", "max_t": 5},
+             "hyperband": {"type": "hyperband", "max_t": 6, "reduction_factor": 2},
              "pbt": {"type": "pbt", "max_t": 6, "perturbation_interval": 2}}[name]
     spec = validate({"name": "s", "trainable": "classifier", "metric": "val_loss",
                      "mode": "min", "config": {"dataset": "iris", "epochs": 6},
@@ -112,6 +113,8 @@ def test_scheduler_registry_builds(name):
         assert scheduler._custom_explore_fn({"lr": 0.5}) == {"lr": 0.1}  # clipped to domain
     if name == "asha":
         assert scheduler._max_t == 5
+    if name == "hyperband":
+        assert scheduler._max_t_attr == 6 and scheduler._eta == 2
 
 
 @pytest.mark.parametrize("name", list(algorithms.SEARCHERS))

@@ -8,7 +8,7 @@ import pytest
 from helpers import CLI, EXPERIMENTS, cli_env
 from raytune_suite.cli import main
 from raytune_suite.errors import SpecError
-from raytune_suite.spec import ExperimentSpec, apply_override, load_spec, validate
+from raytune_suite.experiment import ExperimentSpec, apply_override, load_spec, validate
 
 BASE = {
     "name": "t",
@@ -98,8 +98,12 @@ BAD = {
     "gpu 1.5": (with_(resources={"gpu": 1.5}), "resources.gpu", "whole number"),
     "unknown searcher": (with_(search__algorithm="tpe"), "search.algorithm",
                          "grid, random, hyperopt"),
-    "unknown scheduler": (with_(scheduler={"type": "hyperband"}), "scheduler.type",
-                          "fifo, asha, pbt"),
+    "unknown scheduler": (with_(scheduler={"type": "successive"}), "scheduler.type",
+                          "fifo, asha, hyperband, pbt"),
+    "bohb scheduler": (with_(scheduler={"type": "bohb", "max_t": 3}), "scheduler.type",
+                       "not supported: BOHB needs the hpbandster"),
+    "bohb searcher": (with_(search__algorithm="bohb"), "search.algorithm",
+                      "not supported: BOHB needs the hpbandster"),
     "scheduler without type": (with_(scheduler={"max_t": 3}), "scheduler.type", "required"),
     "asha key on pbt": (with_(scheduler={"type": "pbt", "max_t": 4, "grace_period": 1}),
                         "scheduler.grace_period", "unknown key"),
@@ -115,8 +119,6 @@ BAD = {
                                                     "perturbation_interval": 3},
                                          checkpoint={"every": 2, "keep": 3}),
                                    "scheduler.perturbation_interval", "multiple of checkpoint"),
-    "pbt keep too few": (with_(scheduler={"type": "pbt", "max_t": 4}, checkpoint={"keep": 2}),
-                         "checkpoint.keep", ">= 3 with pbt"),
     "pbt with hyperopt": (with_(search__algorithm="hyperopt",
                                 scheduler={"type": "pbt", "max_t": 4}),
                           "search.algorithm", "pbt"),
@@ -124,7 +126,7 @@ BAD = {
                             "config.epochs"),
     "bad name": (with_(name="my experiment/1"), "name", "letters, digits"),
     "bad trainable path": (with_(trainable="no_such_pkg.mod:fn"), "trainable", "importable"),
-    "trainable missing function": (with_(trainable="raytune_suite.spec:nope"), "trainable",
+    "trainable missing function": (with_(trainable="raytune_suite.experiment.spec:nope"), "trainable",
                                    "no function 'nope'"),
     "trainable not a path": (with_(trainable="resnet"), "trainable", "built-in"),
     "classifier unknown key": (with_(config={"dataset": "iris", "lrr": 0.1}), "config.lrr",

@@ -2,25 +2,31 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import re
-from dataclasses import dataclass
+import shutil
+import sys
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 import yaml
 
-from raytune_suite import algorithms
+from raytune_suite.engine import registry
+from raytune_suite.engine.logs import ProgressCsvLogger, ResultJsonLogger
+from raytune_suite.engine.outcomes import OutcomeCallback
+from raytune_suite.engine.state import (SPEC_FILE, STATE_FILE, has_ray_state, read_state,
+                                        resolve_experiment, update_state, write_state)
 from raytune_suite.errors import Interrupted, SpecError, token_auth_error
+from raytune_suite.experiment import ExperimentSpec, validate
 from raytune_suite.report import TrialSummary, summarize
-from raytune_suite.spec import ExperimentSpec, validate
-from raytune_suite.trainables import BUILTIN, resolve_trainable
+from raytune_suite.trainables import BUILTIN, is_class_trainable, resolve_trainable
 
 logger = logging.getLogger(__name__)
 
-SPEC_FILE = "raytune_suite.yaml"  # the experiment file as run (after --set)
-STATE_FILE = "raytune_suite.json"  # tracking URI, parent run, whether MLflow has gaps
+__all__ = ["Outcome", "run_experiment", "resume_experiment", "load_outcome", "load_results",
+           "resolve_experiment", "update_state", "init_ray"]
 
 
 @dataclass
@@ -33,10 +39,16 @@ class Outcome:
     errors: int
     tracking_uri: Optional[str]
     mlflow_offline: Optional[str] = None  # why MLflow stopped logging mid-search, if it did
+    pbt: dict[str, int] = field(default_factory=dict)  # exploits, retrained, skipped
 
     @property
     def best(self) -> Optional[TrialSummary]:
         return self.trials[0] if self.trials and self.trials[0].best is not None else None
+
+    @property
+    def outcomes(self) -> Counter:
+        """Trials by outcome (completed, stopped_early, ...)."""
+        return Counter(t.outcome for t in self.trials)
 
     def best_record(self) -> Optional[dict[str, Any]]:
         """The best trial as the search's MLflow run records it."""
@@ -44,16 +56,6 @@ class Outcome:
         return best and {"metric": self.spec.metric, "value": best.best,
                          "trial_id": best.trial_id, "checkpoint": best.checkpoint,
                          "config": best.config}
-
-
-def resolve_experiment(ref: str, storage: str = "./ray_results") -> Path:
-    """An experiment given by path, or by name under the default storage."""
-    candidates = [Path(ref), Path(storage) / ref]
-    for c in candidates:
-        if (c / SPEC_FILE).is_file():
-            return c.resolve()
-    raise SpecError("EXPERIMENT", f"must be an experiment folder or a name under {storage} "
-                                  f"(no {SPEC_FILE} found)", ref)
 
 
 def _trainable(spec: ExperimentSpec, data=None):
@@ -97,34 +99,47 @@ def _to_object_store(data):
     return ray.put(data)
 
 
+def reuses_actors(spec: ExperimentSpec) -> bool:
+    """A fresh worker process per trial costs ~2 s here; trials clean their own state.
+    Not with schedulers that pause trials until a whole group catches up (synchronous
+    PBT, HyperBand): the paused trials' cached actors can starve a trial that never
+    started, and the group then waits for it forever (seen with synchronous PBT)."""
+    sched = spec.scheduler
+    return not ((sched.type == "pbt" and sched.synch) or sched.type == "hyperband")
+
+
 def build_tuner(spec: ExperimentSpec, callbacks: list, data=None):
     """The ``tune.Tuner`` an experiment file describes."""
     from ray import tune
 
+    parts = registry.build(spec)
     tune_config = tune.TuneConfig(
         metric=spec.metric,
         mode=spec.mode,
-        search_alg=algorithms.make_searcher(spec),
-        scheduler=algorithms.make_scheduler(spec),
+        search_alg=parts.searcher,
+        scheduler=parts.scheduler,
         num_samples=spec.search.num_samples,
-        # A fresh worker process per trial costs ~2 s here; trials clean their own state.
-        # Not with synchronous PBT: its paused trials' cached actors can starve a trial
-        # that never started, and the population then waits for it forever.
-        reuse_actors=not (spec.scheduler.type == "pbt" and spec.scheduler.synch),
+        reuse_actors=reuses_actors(spec),
         time_budget_s=spec.stop.time_budget_s,
         trial_dirname_creator=trial_dirname,
     )
     storage = spec.storage if "://" in spec.storage else str(Path(spec.storage).resolve())
+    checkpoints = {"num_to_keep": spec.checkpoint.keep}
+    if is_class_trainable(resolve_trainable(spec.trainable)):
+        # Ray drives a class trainable's checkpoints; a function trainable decides itself.
+        checkpoints.update(checkpoint_frequency=spec.checkpoint.every, checkpoint_at_end=True)
     run_config = tune.RunConfig(
         name=spec.name,
         storage_path=storage,
-        stop={"training_iteration": spec.max_t} if spec.max_t else None,
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=spec.checkpoint.keep),
+        stop=parts.stopper,
+        checkpoint_config=tune.CheckpointConfig(**checkpoints),
         failure_config=tune.FailureConfig(max_failures=spec.failure.max_failures),
-        callbacks=callbacks,
+        callbacks=[OutcomeCallback(spec.max_t, spec.time_attr,
+                                   budget=bool(spec.stop.time_budget_s)), *callbacks,
+                   ResultJsonLogger(), ProgressCsvLogger()],
         verbose=1,
     )
-    return tune.Tuner(_trainable(spec, data), param_space=algorithms.param_space(spec),
+    return tune.Tuner(_trainable(spec, data), param_space=parts.param_space,
                       tune_config=tune_config, run_config=run_config)
 
 
@@ -150,7 +165,7 @@ def init_ray(address: Optional[str]) -> None:
         # runs on this machine (plain ray.init() would silently join it).
         ray.init(address="local", logging_level=logging.WARNING, include_dashboard=False,
                  runtime_env={"worker_process_setup_hook":
-                              "raytune_suite.runner.quiet_worker_logs"})
+                              "raytune_suite.engine.runner.quiet_worker_logs"})
         return
     try:
         # On a cluster the job's own runtime_env (if any) stays in charge.
@@ -190,25 +205,34 @@ def run_experiment(spec: ExperimentSpec, raw: dict[str, Any], address: Optional[
         address: a Ray cluster (``auto``, ``HOST:PORT``); None starts embedded Ray.
         use_mlflow: log to MLflow (``tracking.mlflow.enabled`` must also be true).
     """
+    registry.check(spec)  # what validates must run: Ray Tune's own checks, before anything
     path = Path(spec.experiment_path)
-    if "://" not in spec.storage and path.exists() and any(path.iterdir()):
-        raise SpecError("name", f"an experiment already exists at {path}; resume it with "
-                                f"`raytune-suite resume {path}` or pick another name "
-                                "(--set name=...)", spec.name)
+    if "://" not in spec.storage and path.exists():
+        if has_ray_state(path):
+            raise SpecError("name", f"an experiment already exists at {path}; resume it with "
+                                    f"`raytune-suite resume {path}` or pick another name "
+                                    "(--set name=...)", spec.name)
+        _discard_unstarted(path)
     uri = _tracking_uri(spec) if use_mlflow else None
     if uri:
         from raytune_suite.tracking import check_reachable
 
         check_reachable(uri)
+    return _start(spec, raw, path, address, {"tracking_uri": uri, "parent_run_id": None})
+
+
+def _start(spec: ExperimentSpec, raw: dict, path: Path, address: Optional[str],
+           state: dict) -> Outcome:
+    """Start the search in ``path`` (new, or one that stopped before Ray saved state)."""
     data = shared_data(spec)
     init_ray(address)
     check_storage(spec)
-    _warn_sqlite_on_cluster(uri)
+    _warn_sqlite_on_cluster(state["tracking_uri"])
     path.mkdir(parents=True, exist_ok=True)
     (path / SPEC_FILE).write_text(yaml.safe_dump(raw, sort_keys=False))
-    state: dict[str, Any] = {"tracking_uri": uri,
-                             "parent_run_id": start_search_run(spec, uri, path) if uri else None}
-    (path / STATE_FILE).write_text(json.dumps(state))
+    if state["tracking_uri"] and not state["parent_run_id"]:
+        state["parent_run_id"] = start_search_run(spec, state["tracking_uri"], path)
+    write_state(path, state)
     tuner = build_tuner(spec, _callbacks(spec, path, state), _to_object_store(data))
     del data  # the object store holds it now; a driver copy would double its memory
     try:
@@ -216,10 +240,26 @@ def run_experiment(spec: ExperimentSpec, raw: dict[str, Any], address: Optional[
     except SpecError:
         # The trainable broke the experiment's contract (no metric): nothing worth
         # resuming was made; leave no folder behind that would block the fixed rerun.
-        import shutil
-
         shutil.rmtree(path, ignore_errors=True)
         raise
+
+
+def _discard_unstarted(path: Path) -> None:
+    """A folder without Ray's experiment state is what a run left that stopped (killed,
+    or failed) before Ray saved anything: no trial result can be recovered from it.
+    Remove it, and its MLflow search run, so that the search can start again."""
+    state = read_state(path)
+    if state.get("tracking_uri") and state.get("parent_run_id"):
+        from raytune_suite import tracking
+
+        try:
+            tracking.discard_search(state["tracking_uri"], state["parent_run_id"])
+        except Exception as e:  # noqa: BLE001 - the new run matters more than the old log
+            logger.warning("the MLflow run of the unstarted attempt stays (%s)",
+                           tracking.short_reason(e))
+    print(f"note: {path} held a run that stopped before Ray saved any state; starting "
+          "afresh", file=sys.stderr)
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def start_search_run(spec: ExperimentSpec, uri: str, path: Path) -> str:
@@ -240,39 +280,54 @@ def _callbacks(spec: ExperimentSpec, path: Path, state: dict) -> list:
 
     tracking.configure_client()
     return [tracking.TrialRunsCallback(state["tracking_uri"], spec.mlflow_experiment,
-                                       state["parent_run_id"], spec.max_t, str(path))]
+                                       state["parent_run_id"], spec.max_t, str(path),
+                                       spec.time_attr)]
 
 
 def resume_experiment(ref: str, address: Optional[str] = None) -> Outcome:
-    """Restore an interrupted experiment (``Tuner.restore``) and finish it."""
+    """Restore an interrupted experiment (``Tuner.restore``) and finish it. One that
+    stopped before Ray saved any state is started afresh from its saved file."""
     from ray import tune
 
     path = resolve_experiment(ref)
     raw = yaml.safe_load((path / SPEC_FILE).read_text())
     spec = validate(raw)
-    state = _read_state(path)
-    if not tune.Tuner.can_restore(str(path)):
-        raise SpecError("EXPERIMENT", "has no Ray Tune state to restore (it never started)",
-                        str(path))
+    registry.check(spec)
+    state = read_state(path)
+    state.setdefault("tracking_uri", None)
+    state.setdefault("parent_run_id", None)
+    if state["parent_run_id"]:
+        _reopen_search_run(state)
+    if not has_ray_state(path) or not tune.Tuner.can_restore(str(path)):
+        # Killed in the first seconds: Ray would "restore" one trial with an empty
+        # config. Nothing ran, so the search starts over in the same folder.
+        print(f"note: Ray saved no state of {path} before it stopped; the search starts "
+              "from the beginning", file=sys.stderr)
+        for item in path.iterdir():
+            if item.name not in (SPEC_FILE, STATE_FILE):
+                shutil.rmtree(item) if item.is_dir() else item.unlink()
+        return _start(spec, raw, path, address, state)
     data = shared_data(spec)
     init_ray(address)
     check_storage(spec)
-    if state.get("parent_run_id"):
-        from raytune_suite import tracking
-
-        tracking.configure_client()
-        try:
-            tracking.reopen_run(state["tracking_uri"], state["parent_run_id"])
-        except Exception as e:  # noqa: BLE001 - resuming matters more than the log
-            raise SpecError("tracking.mlflow.tracking_uri",
-                            f"the search's MLflow run could not be reopened "
-                            f"({tracking.short_reason(e)}); start the server, or resume "
-                            "and backfill later with `raytune-suite mlflow-sync`",
-                            state["tracking_uri"]) from None
     tuner = tune.Tuner.restore(str(path), trainable=_trainable(spec, _to_object_store(data)),
                                resume_unfinished=True, resume_errored=True)
     del data
     return _fit_and_finish(spec, tuner, path, state)
+
+
+def _reopen_search_run(state: dict) -> None:
+    from raytune_suite import tracking
+
+    tracking.configure_client()
+    try:
+        tracking.reopen_run(state["tracking_uri"], state["parent_run_id"])
+    except Exception as e:  # noqa: BLE001 - resuming matters more than the log
+        raise SpecError("tracking.mlflow.tracking_uri",
+                        f"the search's MLflow run could not be reopened "
+                        f"({tracking.short_reason(e)}); start the server, or resume "
+                        "and backfill later with `raytune-suite mlflow-sync`",
+                        state["tracking_uri"]) from None
 
 
 _NO_METRIC = re.compile(r"did not include the specified metric\(s\) `([^`]+)`.*?Result: (\{.*)",
@@ -304,7 +359,7 @@ def _fit_and_finish(spec: ExperimentSpec, tuner, path: Path, state: dict) -> Out
         results = tuner.fit()
     except BaseException as e:
         if parent:
-            _close_mlflow(uri, parent, {}, spec.max_t,
+            _close_mlflow(uri, parent, {}, spec,
                           "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
         error = _missing_metric_error(e, spec)
         if error:
@@ -312,17 +367,18 @@ def _fit_and_finish(spec: ExperimentSpec, tuner, path: Path, state: dict) -> Out
         raise
     finally:
         tune_logger.removeHandler(stop_signal)
-    trials = {t.trial_id: t for t in results._experiment_analysis.trials}
+    ray_trials = results._experiment_analysis.trials
+    trials = {t.trial_id: t for t in ray_trials}
     interrupted = stop_signal.seen
-    offline = _read_state(path).get("mlflow_offline")  # set by the callback if MLflow failed
+    offline = read_state(path).get("mlflow_offline")  # set by the callback if MLflow failed
     if parent and not offline:
-        offline = _close_mlflow(uri, parent, trials, spec.max_t,
-                                "KILLED" if interrupted else None)
+        offline = _close_mlflow(uri, parent, trials, spec, "KILLED" if interrupted else None)
     if interrupted:
         raise Interrupted(str(path))
+    pbt = _finish_pbt(spec, ray_trials) if spec.scheduler.type == "pbt" else {}
     searched = [p for p, _ in spec.search_space.leaves()]
-    outcome = Outcome(spec, str(path), summarize(results, spec.metric, spec.mode, searched),
-                      len(results.errors), uri, offline)
+    outcome = Outcome(spec, str(path), summarize(results, spec, searched),
+                      len(results.errors), uri, offline, pbt)
     if parent and not offline:
         from raytune_suite import tracking
 
@@ -331,6 +387,22 @@ def _fit_and_finish(spec: ExperimentSpec, tuner, path: Path, state: dict) -> Out
         except Exception as e:  # noqa: BLE001 - the search itself succeeded
             outcome.mlflow_offline = tracking.short_reason(e)
     return outcome
+
+
+def _finish_pbt(spec: ExperimentSpec, trials: list) -> dict[str, int]:
+    """Tidy a finished PBT search's exploit copies; count its exploits."""
+    from raytune_suite.engine.pbt import read_exploits, tidy_after_search
+
+    if not trials:
+        return {}
+    fs = trials[0].storage.storage_filesystem
+    folder = trials[0].storage.experiment_fs_path
+    if all(t.status in ("TERMINATED", "ERROR") for t in trials):
+        tidy_after_search(fs, folder, trials)
+    records = read_exploits(fs, folder)
+    exploits = [r for r in records if r["event"] == "exploit"]
+    return {"exploits": len(exploits), "retrained": sum(r["retrained"] for r in exploits),
+            "skipped": sum(r["event"] == "skip" for r in records)}
 
 
 class _StopSignal(logging.Handler):
@@ -347,22 +419,7 @@ class _StopSignal(logging.Handler):
             self.seen = True
 
 
-def _read_state(path: Path) -> dict:
-    return json.loads((path / STATE_FILE).read_text())
-
-
-def update_state(path: str | Path, **changes: Any) -> None:
-    """Change fields of an experiment's saved state (atomically: a crash leaves the old
-    file or the new one). A value of None removes the field."""
-    path = Path(path)
-    state = {k: v for k, v in {**_read_state(path), **changes}.items()
-             if v is not None or k in ("tracking_uri", "parent_run_id")}
-    partial = path / f".{STATE_FILE}.partial"
-    partial.write_text(json.dumps(state))
-    partial.replace(path / STATE_FILE)
-
-
-def _close_mlflow(uri: str, parent: str, trials: dict, max_t: Optional[int],
+def _close_mlflow(uri: str, parent: str, trials: dict, spec: ExperimentSpec,
                   status: Optional[str]) -> Optional[str]:
     """End the runs a stopped search leaves RUNNING in MLflow: trials Ray finished whose
     end never reached MLflow (the driver was killed in between) are closed as Ray ended
@@ -371,7 +428,7 @@ def _close_mlflow(uri: str, parent: str, trials: dict, max_t: Optional[int],
     from raytune_suite import tracking
 
     try:
-        tracking.close_open_runs(uri, parent, trials, max_t, status)
+        tracking.close_open_runs(uri, parent, trials, spec.max_t, status, spec.time_attr)
         if status:
             tracking.finish_search_run(uri, parent, None, status=status)
     except Exception as e:  # noqa: BLE001 - never hide the search's own outcome
@@ -387,15 +444,18 @@ def load_results(ref: str):
 
     path = resolve_experiment(ref)
     spec = validate(yaml.safe_load((path / SPEC_FILE).read_text()))
+    if not has_ray_state(path):
+        raise SpecError("EXPERIMENT", "has no results yet (it stopped before Ray saved any "
+                                      f"state); run `raytune-suite resume {path}`", str(path))
     analysis = ExperimentAnalysis(str(path), default_metric=spec.metric, default_mode=spec.mode)
-    return path, spec, _read_state(path), ResultGrid(analysis)
+    return path, spec, read_state(path), ResultGrid(analysis)
 
 
 def load_outcome(ref: str) -> Outcome:
     """Summarise a finished experiment from its results folder (no Ray needed)."""
     path, spec, state, results = load_results(ref)
     searched = [p for p, _ in spec.search_space.leaves()]
-    trials = summarize(results, spec.metric, spec.mode, searched)
+    trials = summarize(results, spec, searched)
     return Outcome(spec, str(path), trials, len(results.errors), state.get("tracking_uri"),
                    state.get("mlflow_offline"))
 
@@ -427,4 +487,3 @@ def mlflow_hint(uri: Optional[str]) -> str:
     from raytune_suite.tracking import ui_command
 
     return ui_command(uri)
-

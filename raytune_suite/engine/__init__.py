@@ -1,0 +1,1 @@
+"""Ray Tune: the searcher/scheduler registry, sound PBT, trial outcomes, the runner."""
