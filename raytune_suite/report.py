@@ -27,7 +27,8 @@ def _get(config: dict, dotted: str) -> Any:
     return node
 
 
-def summarize(results, spec, searched: list[str]) -> list[TrialSummary]:
+def summarize(results, spec, searched: list[str], outcomes: Optional[dict] = None
+              ) -> list[TrialSummary]:
     """One summary per trial of a Ray ``ResultGrid``, best first; trials with no finite
     value of the metric come last, and so do diverged trials (a NaN or inf loss): their
     earlier epochs do not make a model anyone should pick."""
@@ -57,7 +58,8 @@ def summarize(results, spec, searched: list[str]) -> list[TrialSummary]:
             epochs=int(metrics.get("training_iteration", 0)),
             status="ERROR" if r.error else "DIVERGED" if diverged else "TERMINATED",
             checkpoint=ckpt,
-            outcome=recorded_outcome(metrics, r.error is not None, spec.max_t, spec.time_attr),
+            outcome=recorded_outcome(metrics, r.error is not None, spec.max_t, spec.time_attr,
+                                     (outcomes or {}).get(str(metrics.get("trial_id")))),
         ))
     sign = -1 if mode == "max" else 1
     return sorted(rows, key=lambda t: (t.best is None, sign * (t.best or 0.0)))

@@ -33,7 +33,7 @@ def sync_experiment(ref: str) -> SyncReport:
 
     from raytune_suite import tracking
     from raytune_suite.engine.runner import load_outcome, load_results, start_search_run
-    from raytune_suite.engine.state import update_state
+    from raytune_suite.engine.state import read_outcomes, update_state
 
     path, spec, state, results = load_results(ref)
     uri = state.get("tracking_uri") or tracking.resolve_tracking_uri(
@@ -49,6 +49,7 @@ def sync_experiment(ref: str) -> SyncReport:
         report.runs_created += 1
     experiment_id = client.get_run(parent).info.experiment_id
 
+    outcomes = read_outcomes(path)
     for result in results:
         last = result.metrics or {}
         name = result.path.rstrip("/").rsplit("/", 1)[-1]
@@ -70,6 +71,8 @@ def sync_experiment(ref: str) -> SyncReport:
                 client.log_batch(run_id, metrics=batch, params=missing if start == 0 else [])
         report.metrics_logged += len(metrics)
         if run.info.status != "FINISHED" and run.info.status != "FAILED":
+            if trial_id in outcomes:
+                last = {**last, "outcome": outcomes[trial_id]}
             tracking.close_trial_run(client, run_id, last, result.error is not None,
                                      spec.max_t, None, spec.time_attr)
             if result.error is not None:

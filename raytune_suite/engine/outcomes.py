@@ -10,8 +10,10 @@ Ray Tune marks every ending ``done`` alike. The suite tells them apart:
 
 The schedulers here are Ray's own, each noting on the trial when *it* stopped one; the
 :class:`OutcomeCallback` writes the outcome into the trial's last result (key
-``outcome``), which Ray keeps in its experiment state, so MLflow, ``best``, reports and
-``mlflow-sync`` all read the same answer.
+``outcome``) as the trial ends, for MLflow. Trials the time budget stops never reach a
+callback, so once ``fit`` returns the runner settles every finished trial's outcome
+(:func:`settle`) and keeps them in ``outcomes.json`` beside Ray's state, where ``best``,
+reports and ``mlflow-sync`` read them.
 """
 
 from __future__ import annotations
@@ -48,12 +50,15 @@ def decide_outcome(last_result: Optional[dict], failed: bool, stopped_by_schedul
 
 
 def recorded_outcome(last_result: Optional[dict], failed: bool, max_t: Optional[int],
-                     time_attr: str = "training_iteration") -> str:
-    """The outcome the search recorded for a trial, or (for trials that ended before
-    outcomes were recorded) the best inference from its last result."""
+                     time_attr: str = "training_iteration", recorded: Optional[str] = None
+                     ) -> str:
+    """The outcome the search recorded for a trial (``recorded``, from outcomes.json, or
+    the one in its last result), or else the best inference from its last result."""
     last = last_result or {}
     if failed:
         return "errored"
+    if recorded in OUTCOMES:
+        return recorded
     if last.get(OUTCOME_KEY) in OUTCOMES:
         return last[OUTCOME_KEY]
     return decide_outcome(last, False, bool(max_t) and _number(last.get(time_attr)) < max_t,
@@ -185,6 +190,28 @@ class HyperBandScheduler(_Recording, ray_schedulers.HyperBandScheduler):
     pass
 
 
+def settle(trials: list, max_t: Optional[int], time_attr: str, budget: bool
+           ) -> dict[str, str]:
+    """Outcomes of every finished Ray trial once ``fit`` has returned (not after Ctrl-C).
+    A trial that ended without reaching a callback was stopped by the search's time
+    budget; its last result gets the outcome too, for MLflow."""
+    outcomes = {}
+    for trial in trials:
+        if trial.status not in ("TERMINATED", "ERROR"):
+            continue
+        last = trial.run_metadata.last_result
+        if trial.status == "ERROR":
+            outcome = "errored"
+        elif last.get(OUTCOME_KEY) in OUTCOMES:
+            outcome = last[OUTCOME_KEY]
+        else:
+            outcome = decide_outcome(last, False, stopped_by_scheduler(trial), max_t,
+                                     time_attr, budget)
+        last[OUTCOME_KEY] = outcome
+        outcomes[trial.trial_id] = outcome
+    return outcomes
+
+
 # ------------------------------------------------------------------ callback
 
 
@@ -202,8 +229,6 @@ class OutcomeCallback(Callback):
         self._record(trial, failed=True)
 
     def _record(self, trial, failed: bool) -> None:
-        last = trial.last_result
-        if last is None:
-            return
+        last = trial.run_metadata.last_result
         last[OUTCOME_KEY] = decide_outcome(last, failed, stopped_by_scheduler(trial),
                                            self.max_t, self.time_attr, self.budget)

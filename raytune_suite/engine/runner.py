@@ -7,6 +7,7 @@ import re
 import shutil
 import sys
 from collections import Counter
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -14,14 +15,16 @@ from typing import Any, Optional
 import yaml
 
 from raytune_suite.engine import registry
-from raytune_suite.engine.logs import ProgressCsvLogger, ResultJsonLogger
-from raytune_suite.engine.outcomes import OutcomeCallback
-from raytune_suite.engine.state import (SPEC_FILE, STATE_FILE, has_ray_state, read_state,
-                                        resolve_experiment, update_state, write_state)
-from raytune_suite.errors import Interrupted, SpecError, token_auth_error
+from raytune_suite.engine.outcomes import settle
+from raytune_suite.engine.state import (LOCK_FILE, SPEC_FILE, STATE_FILE, experiment_lock,
+                                        has_ray_state, read_outcomes, read_state,
+                                        record_outcomes, resolve_experiment, update_state,
+                                        write_state)
+from raytune_suite.engine.tuner import (build_tuner, check_storage, init_ray, shared_data,
+                                        to_object_store, trainable, warn_sqlite_on_cluster)
+from raytune_suite.errors import Interrupted, SpecError
 from raytune_suite.experiment import ExperimentSpec, validate
 from raytune_suite.report import TrialSummary, summarize
-from raytune_suite.trainables import BUILTIN, is_class_trainable, resolve_trainable
 
 logger = logging.getLogger(__name__)
 
@@ -58,143 +61,6 @@ class Outcome:
                          "config": best.config}
 
 
-def _trainable(spec: ExperimentSpec, data=None):
-    from ray import tune
-
-    fn = resolve_trainable(spec.trainable)
-    if spec.trainable in BUILTIN:
-        # with_parameters puts the data set into Ray's object store once; every node
-        # fetches it once and its trials read it there without copying.
-        fn = tune.with_parameters(fn, checkpoint_every=spec.checkpoint.every, data=data)
-    return tune.with_resources(fn, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
-
-
-def shared_data(spec: ExperimentSpec):
-    """The built-in trainable's data set, loaded once in the driver before Ray starts
-    (a missing data folder is the user's to fix, exit 2), when the search does not vary
-    what data the trials see; else None and each trial process loads its own."""
-    if spec.trainable not in BUILTIN:
-        return None
-    from raytune_suite.training.config import DATA_KEYS
-    from raytune_suite.training.trainable import load_arrays_for
-
-    searched = {path.split(".")[0] for path, _ in spec.search_space.leaves()}
-    if searched & set(DATA_KEYS):
-        return None
-    try:
-        return load_arrays_for(dict(spec.config))
-    except (ValueError, FileNotFoundError) as e:
-        raise SpecError("config.data_root" if spec.config.get("data_root") else "config.dataset",
-                        f"data could not be loaded: {e}",
-                        spec.config.get("data_root") or spec.config.get("dataset")) from None
-
-
-def _to_object_store(data):
-    """Put the data set into Ray's object store and hand back only the reference, so
-    the driver does not keep a second copy alive for the whole search."""
-    if data is None:
-        return None
-    import ray
-
-    return ray.put(data)
-
-
-def reuses_actors(spec: ExperimentSpec) -> bool:
-    """A fresh worker process per trial costs ~2 s here; trials clean their own state.
-    Not with schedulers that pause trials until a whole group catches up (synchronous
-    PBT, HyperBand): the paused trials' cached actors can starve a trial that never
-    started, and the group then waits for it forever (seen with synchronous PBT)."""
-    sched = spec.scheduler
-    return not ((sched.type == "pbt" and sched.synch) or sched.type == "hyperband")
-
-
-def build_tuner(spec: ExperimentSpec, callbacks: list, data=None):
-    """The ``tune.Tuner`` an experiment file describes."""
-    from ray import tune
-
-    parts = registry.build(spec)
-    tune_config = tune.TuneConfig(
-        metric=spec.metric,
-        mode=spec.mode,
-        search_alg=parts.searcher,
-        scheduler=parts.scheduler,
-        num_samples=spec.search.num_samples,
-        reuse_actors=reuses_actors(spec),
-        time_budget_s=spec.stop.time_budget_s,
-        trial_dirname_creator=trial_dirname,
-    )
-    storage = spec.storage if "://" in spec.storage else str(Path(spec.storage).resolve())
-    checkpoints = {"num_to_keep": spec.checkpoint.keep}
-    if is_class_trainable(resolve_trainable(spec.trainable)):
-        # Ray drives a class trainable's checkpoints; a function trainable decides itself.
-        checkpoints.update(checkpoint_frequency=spec.checkpoint.every, checkpoint_at_end=True)
-    run_config = tune.RunConfig(
-        name=spec.name,
-        storage_path=storage,
-        stop=parts.stopper,
-        checkpoint_config=tune.CheckpointConfig(**checkpoints),
-        failure_config=tune.FailureConfig(max_failures=spec.failure.max_failures),
-        callbacks=[OutcomeCallback(spec.max_t, spec.time_attr,
-                                   budget=bool(spec.stop.time_budget_s)), *callbacks,
-                   ResultJsonLogger(), ProgressCsvLogger()],
-        verbose=1,
-    )
-    return tune.Tuner(_trainable(spec, data), param_space=parts.param_space,
-                      tune_config=tune_config, run_config=run_config)
-
-
-def trial_dirname(trial) -> str:
-    """``train_classifier_1a2b3c4d`` instead of Ray's config-laden folder names."""
-    return f"{trial.trainable_name}_{trial.trial_id}"
-
-
-def quiet_worker_logs() -> None:
-    """Runs in every worker (``worker_process_setup_hook``): one INFO line per saved
-    checkpoint drowns the progress table, so Ray's storage logger keeps to warnings."""
-    logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
-
-
-def init_ray(address: Optional[str]) -> None:
-    """Connect to a cluster, or start embedded Ray with all local CPUs and GPUs."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    if not address:
-        # address="local": always a fresh embedded runtime, even when a `ray start` cluster
-        # runs on this machine (plain ray.init() would silently join it).
-        ray.init(address="local", logging_level=logging.WARNING, include_dashboard=False,
-                 runtime_env={"worker_process_setup_hook":
-                              "raytune_suite.engine.runner.quiet_worker_logs"})
-        return
-    try:
-        # On a cluster the job's own runtime_env (if any) stays in charge.
-        ray.init(address=address, logging_level=logging.WARNING)
-    except ConnectionError as e:
-        raise SpecError("--address", f"no Ray cluster answered ({' '.join(str(e).split())[:160]}"
-                                     "); start one with `ray start --head`, or leave --address "
-                                     "out for embedded Ray", address) from None
-    except Exception as e:  # noqa: BLE001 - auth failures come as several types
-        if "uthenticat" in type(e).__name__ + str(e):
-            raise token_auth_error(address) from None
-        raise
-
-
-def check_storage(spec: ExperimentSpec) -> None:
-    """More than one node needs storage every node sees (Ray Tune syncs trial results and
-    checkpoints through it); a local path only exists on the driver's machine."""
-    import ray
-
-    nodes = _alive_nodes()
-    if nodes <= 1 or "://" in spec.storage or spec.storage_shared:
-        return
-    ray.shutdown()
-    raise SpecError("storage", f"with {nodes} nodes, results and checkpoints must go to "
-                               "storage every node sees: an NFS path mounted on all nodes (then "
-                               "also set storage_shared: true) or a URI such as "
-                               "s3://bucket/path", spec.storage)
-
-
 def run_experiment(spec: ExperimentSpec, raw: dict[str, Any], address: Optional[str] = None,
                    use_mlflow: bool = True) -> Outcome:
     """Run a validated experiment to the end.
@@ -207,33 +73,35 @@ def run_experiment(spec: ExperimentSpec, raw: dict[str, Any], address: Optional[
     """
     registry.check(spec)  # what validates must run: Ray Tune's own checks, before anything
     path = Path(spec.experiment_path)
-    if "://" not in spec.storage and path.exists():
-        if has_ray_state(path):
-            raise SpecError("name", f"an experiment already exists at {path}; resume it with "
-                                    f"`raytune-suite resume {path}` or pick another name "
-                                    "(--set name=...)", spec.name)
-        _discard_unstarted(path)
+    local = "://" not in spec.storage
+    if local and has_ray_state(path):
+        raise SpecError("name", f"an experiment already exists at {path}; resume it with "
+                                f"`raytune-suite resume {path}` or pick another name "
+                                "(--set name=...)", spec.name)
     uri = _tracking_uri(spec) if use_mlflow else None
     if uri:
         from raytune_suite.tracking import check_reachable
 
         check_reachable(uri)
-    return _start(spec, raw, path, address, {"tracking_uri": uri, "parent_run_id": None})
-
-
-def _start(spec: ExperimentSpec, raw: dict, path: Path, address: Optional[str],
-           state: dict) -> Outcome:
-    """Start the search in ``path`` (new, or one that stopped before Ray saved state)."""
     data = shared_data(spec)
     init_ray(address)
     check_storage(spec)
-    _warn_sqlite_on_cluster(state["tracking_uri"])
+    warn_sqlite_on_cluster(uri)
+    existed = path.exists()
+    with experiment_lock(path) if local else nullcontext():
+        if existed:
+            _discard_unstarted(path)
+        return _start(spec, raw, path, {"tracking_uri": uri, "parent_run_id": None}, data)
+
+
+def _start(spec: ExperimentSpec, raw: dict, path: Path, state: dict, data=None) -> Outcome:
+    """Start the search in ``path`` (new, or one that stopped before Ray saved state)."""
     path.mkdir(parents=True, exist_ok=True)
     (path / SPEC_FILE).write_text(yaml.safe_dump(raw, sort_keys=False))
     if state["tracking_uri"] and not state["parent_run_id"]:
         state["parent_run_id"] = start_search_run(spec, state["tracking_uri"], path)
     write_state(path, state)
-    tuner = build_tuner(spec, _callbacks(spec, path, state), _to_object_store(data))
+    tuner = build_tuner(spec, _callbacks(spec, path, state), to_object_store(data))
     del data  # the object store holds it now; a driver copy would double its memory
     try:
         return _fit_and_finish(spec, tuner, path, state)
@@ -247,7 +115,10 @@ def _start(spec: ExperimentSpec, raw: dict, path: Path, address: Optional[str],
 def _discard_unstarted(path: Path) -> None:
     """A folder without Ray's experiment state is what a run left that stopped (killed,
     or failed) before Ray saved anything: no trial result can be recovered from it.
-    Remove it, and its MLflow search run, so that the search can start again."""
+    Empty it, and delete its MLflow runs, so that the search can start again."""
+    leftovers = [p for p in path.iterdir() if p.name != LOCK_FILE]
+    if not leftovers:
+        return
     state = read_state(path)
     if state.get("tracking_uri") and state.get("parent_run_id"):
         from raytune_suite import tracking
@@ -259,7 +130,13 @@ def _discard_unstarted(path: Path) -> None:
                            tracking.short_reason(e))
     print(f"note: {path} held a run that stopped before Ray saved any state; starting "
           "afresh", file=sys.stderr)
-    shutil.rmtree(path, ignore_errors=True)
+    _empty(path, keep=(LOCK_FILE,))
+
+
+def _empty(path: Path, keep: tuple = ()) -> None:
+    for item in path.iterdir():
+        if item.name not in keep:
+            shutil.rmtree(item) if item.is_dir() else item.unlink()
 
 
 def start_search_run(spec: ExperimentSpec, uri: str, path: Path) -> str:
@@ -293,27 +170,26 @@ def resume_experiment(ref: str, address: Optional[str] = None) -> Outcome:
     raw = yaml.safe_load((path / SPEC_FILE).read_text())
     spec = validate(raw)
     registry.check(spec)
-    state = read_state(path)
-    state.setdefault("tracking_uri", None)
-    state.setdefault("parent_run_id", None)
-    if state["parent_run_id"]:
-        _reopen_search_run(state)
-    if not has_ray_state(path) or not tune.Tuner.can_restore(str(path)):
-        # Killed in the first seconds: Ray would "restore" one trial with an empty
-        # config. Nothing ran, so the search starts over in the same folder.
-        print(f"note: Ray saved no state of {path} before it stopped; the search starts "
-              "from the beginning", file=sys.stderr)
-        for item in path.iterdir():
-            if item.name not in (SPEC_FILE, STATE_FILE):
-                shutil.rmtree(item) if item.is_dir() else item.unlink()
-        return _start(spec, raw, path, address, state)
-    data = shared_data(spec)
-    init_ray(address)
-    check_storage(spec)
-    tuner = tune.Tuner.restore(str(path), trainable=_trainable(spec, _to_object_store(data)),
-                               resume_unfinished=True, resume_errored=True)
-    del data
-    return _fit_and_finish(spec, tuner, path, state)
+    with experiment_lock(path):
+        state = read_state(path)
+        state.setdefault("tracking_uri", None)
+        state.setdefault("parent_run_id", None)
+        if state["parent_run_id"]:
+            _reopen_search_run(state)
+        data = shared_data(spec)
+        init_ray(address)
+        check_storage(spec)
+        if not has_ray_state(path) or not tune.Tuner.can_restore(str(path)):
+            # Killed in the first seconds: Ray would "restore" one trial with an empty
+            # config. Nothing ran, so the search starts over in the same folder.
+            print(f"note: Ray saved no state of {path} before it stopped; the search "
+                  "starts from the beginning", file=sys.stderr)
+            _empty(path, keep=(SPEC_FILE, STATE_FILE, LOCK_FILE))
+            return _start(spec, raw, path, state, data)
+        tuner = tune.Tuner.restore(str(path), trainable=trainable(spec, to_object_store(data)),
+                                   resume_unfinished=True, resume_errored=True)
+        del data
+        return _fit_and_finish(spec, tuner, path, state)
 
 
 def _reopen_search_run(state: dict) -> None:
@@ -370,6 +246,9 @@ def _fit_and_finish(spec: ExperimentSpec, tuner, path: Path, state: dict) -> Out
     ray_trials = results._experiment_analysis.trials
     trials = {t.trial_id: t for t in ray_trials}
     interrupted = stop_signal.seen
+    if not interrupted and "://" not in spec.storage:
+        record_outcomes(path, settle(ray_trials, spec.max_t, spec.time_attr,
+                                     budget=bool(spec.stop.time_budget_s)))
     offline = read_state(path).get("mlflow_offline")  # set by the callback if MLflow failed
     if parent and not offline:
         offline = _close_mlflow(uri, parent, trials, spec, "KILLED" if interrupted else None)
@@ -377,7 +256,7 @@ def _fit_and_finish(spec: ExperimentSpec, tuner, path: Path, state: dict) -> Out
         raise Interrupted(str(path))
     pbt = _finish_pbt(spec, ray_trials) if spec.scheduler.type == "pbt" else {}
     searched = [p for p, _ in spec.search_space.leaves()]
-    outcome = Outcome(spec, str(path), summarize(results, spec, searched),
+    outcome = Outcome(spec, str(path), summarize(results, spec, searched, read_outcomes(path)),
                       len(results.errors), uri, offline, pbt)
     if parent and not offline:
         from raytune_suite import tracking
@@ -455,7 +334,7 @@ def load_outcome(ref: str) -> Outcome:
     """Summarise a finished experiment from its results folder (no Ray needed)."""
     path, spec, state, results = load_results(ref)
     searched = [p for p, _ in spec.search_space.leaves()]
-    trials = summarize(results, spec, searched)
+    trials = summarize(results, spec, searched, read_outcomes(path))
     return Outcome(spec, str(path), trials, len(results.errors), state.get("tracking_uri"),
                    state.get("mlflow_offline"))
 
@@ -466,19 +345,6 @@ def _tracking_uri(spec: ExperimentSpec) -> Optional[str]:
     from raytune_suite.tracking import resolve_tracking_uri
 
     return resolve_tracking_uri(spec.tracking.mlflow.tracking_uri)
-
-
-def _alive_nodes() -> int:
-    import ray
-
-    return sum(1 for n in ray.nodes() if n.get("Alive"))
-
-
-def _warn_sqlite_on_cluster(uri: Optional[str]) -> None:
-    if uri and uri.startswith("sqlite:") and _alive_nodes() > 1:
-        logger.warning("MLflow logs to %s from the driver only (workers never write to it); "
-                       "with several users or drivers use a tracking server: "
-                       "tracking.mlflow.tracking_uri: http://HEAD:5000", uri)
 
 
 def mlflow_hint(uri: Optional[str]) -> str:

@@ -4,14 +4,18 @@ parent MLflow run, gaps), and whether Ray Tune saved any state of its own yet.""
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from raytune_suite.errors import SpecError
 
 SPEC_FILE = "raytune_suite.yaml"  # the experiment file as run (after --set)
 STATE_FILE = "raytune_suite.json"  # tracking URI, parent run, whether MLflow has gaps
+OUTCOMES_FILE = "outcomes.json"  # trial id -> how it ended (engine.outcomes)
 
 
 def resolve_experiment(ref: str, storage: str = "./ray_results") -> Path:
@@ -48,3 +52,46 @@ def update_state(path: str | Path, **changes: Any) -> None:
     state = {k: v for k, v in {**read_state(path), **changes}.items()
              if v is not None or k in ("tracking_uri", "parent_run_id")}
     write_state(path, state)
+
+
+def read_outcomes(path: str | Path) -> dict[str, str]:
+    file = Path(path) / OUTCOMES_FILE
+    return json.loads(file.read_text()) if file.is_file() else {}
+
+
+def record_outcomes(path: str | Path, outcomes: dict[str, str]) -> None:
+    """Add these trials' outcomes to the experiment's (a resume settles only its own)."""
+    path = Path(path)
+    merged = {**read_outcomes(path), **outcomes}
+    partial = path / f".{OUTCOMES_FILE}.partial"
+    partial.write_text(json.dumps(merged, indent=0, sort_keys=True))
+    partial.replace(path / OUTCOMES_FILE)
+
+
+LOCK_FILE = ".raytune_suite.lock"
+
+
+@contextmanager
+def experiment_lock(path: str | Path) -> Iterator[None]:
+    """Hold the experiment folder for one process: a second ``run`` or ``resume`` of the
+    same experiment while the first still runs would have two drivers deleting each
+    other's checkpoints. The lock dies with its process (a SIGKILL frees it)."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    handle = open(path / LOCK_FILE, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "unknown"
+        handle.close()
+        raise SpecError("EXPERIMENT", f"is being run by another process (pid {holder}); "
+                                      "wait for it to end, or stop it first", str(path)) from None
+    try:
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        yield
+    finally:
+        handle.close()  # releases the lock

@@ -1,7 +1,7 @@
 import pytest
 
 _INIT = dict(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING",
-             runtime_env={"worker_process_setup_hook": "raytune_suite.engine.runner.quiet_worker_logs"})
+             runtime_env={"worker_process_setup_hook": "raytune_suite.engine.tuner.quiet_worker_logs"})
 
 
 @pytest.fixture

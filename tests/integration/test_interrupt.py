@@ -86,8 +86,10 @@ def test_resume_after_ctrl_c_finishes_and_corrupt_checkpoints_are_explicit(inter
 
     proc = subprocess.run([*CLI, "resume", "ctrlc"], cwd=workdir, env=cli_env(),
                           capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    # The search finished, but two trials errored: exit status 3 says so to scripts.
+    assert proc.returncode == 3, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "ctrlc: 4 trials, 2 errored" in proc.stdout
+    assert "error: 2 of 4 trials errored" in proc.stderr
 
     rows = result_rows(results)
     # The Ctrl-C'd experiment resumed: the untouched trials finished every epoch,

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import cloudpickle
+import pytest
 
 from helpers import CLI, cli_env, mlflow_runs, result_rows
 
@@ -120,6 +121,14 @@ def test_three_sigkills_then_resume_lose_nothing(tmp_path):
     assert set(trials["tags.ray.trial_id"]) == set(final), why
     assert set(runs["status"]) == {"FINISHED"}, (why, runs[["status", "tags.ray.trial_id"]])
     assert set(trials["metrics.epoch"]) == {float(EPOCHS)}, why
+    # A restored trial repeats the epochs after its checkpoint; MLflow holds each
+    # (metric, step) once all the same.
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    for run_id in trials["run_id"]:
+        steps = [m.step for m in client.get_metric_history(run_id, "val_accuracy")]
+        assert sorted(steps) == list(range(1, EPOCHS + 1)), (why, run_id, steps)
 
     # HyperOpt's history survived every restart: its saved Trials hold all the
     # suggestions with their results (a searcher restarted from scratch would hold only
@@ -134,3 +143,104 @@ def test_three_sigkills_then_resume_lose_nothing(tmp_path):
     ran = sorted(round(t[0]["config"]["lr"], 12) for t in
                  (rows[name] for name in rows))
     assert suggested == ran, why
+
+
+USER_TRAINABLE = textwrap.dedent("""
+    import time
+    from ray import tune
+
+    def train(config):
+        x = config["x"]  # a user's trainable reads its hyperparameters directly
+        for step in range(1, 5):
+            time.sleep(0.25)
+            tune.report({"score": x * step})
+""")
+RANDOM_SEARCH = textwrap.dedent("""
+    name: anytime
+    trainable: user_train:train
+    search_space:
+      x: {uniform: [0.0, 1.0]}
+    metric: score
+    mode: max
+    search: {algorithm: random, num_samples: 6, max_concurrent: 2, seed: 5}
+    scheduler: {type: fifo, max_t: 4}
+""")
+
+
+def _kill_when(cmd, cwd, ready) -> int:
+    """Start ``cmd``; SIGKILL its process group once ``ready()`` holds. Returns the exit
+    status if the command ended by itself first."""
+    proc = subprocess.Popen(cmd, cwd=cwd, env=cli_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 240
+    try:
+        while not ready():
+            if proc.poll() is not None:
+                return proc.returncode
+            assert time.monotonic() < deadline, "the moment to kill never came"
+            time.sleep(0.02)
+        os.killpg(proc.pid, signal.SIGKILL)
+        return proc.wait()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def test_a_kill_at_any_moment_leaves_nothing_or_a_resumable_search(tmp_path):
+    """Killed just after Ray wrote tuner.pkl (before its first experiment state), then at
+    its first result, then once three trials finished: each time either nothing is
+    left (`run` starts again) or `resume` goes on, and the search ends with exactly
+    num_samples trials, each with its own searched x, and one MLflow run per trial."""
+    (tmp_path / "user_train.py").write_text(USER_TRAINABLE)
+    (tmp_path / "exp.yaml").write_text(RANDOM_SEARCH)
+    results = tmp_path / "ray_results" / "anytime"
+
+    def started() -> bool:
+        return results.joinpath("tuner.pkl").exists()
+
+    def finished(n: int):
+        return lambda: sum(1 for rows in result_rows(results).values()
+                           if rows and rows[-1].get("training_iteration") == 4) >= n
+
+    def again():
+        from raytune_suite.engine.state import has_ray_state
+
+        return [*CLI, "resume", "anytime"] if has_ray_state(results) else [*CLI, "run", "exp.yaml"]
+
+    # 1. 0.2 s after tuner.pkl: the window before Ray's first experiment state.
+    _kill_when([*CLI, "run", "exp.yaml"], tmp_path,
+               lambda: started() and time.sleep(0.2) is None)
+    # 2. Whatever was left: the same command a user would type next, killed in that
+    # same early window of its own ...
+    _kill_when(again(), tmp_path, lambda: started() and time.sleep(0.2) is None)
+    # 3. ... then at the first result, 4. then with three trials finished.
+    _kill_when(again(), tmp_path, lambda: any(result_rows(results).values()))
+    _kill_when(again(), tmp_path, finished(3))
+
+    proc = subprocess.run(again(), cwd=tmp_path, env=cli_env(), capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "anytime: 6 trials, 0 errored" in proc.stdout, proc.stdout[-2000:]
+    state = _saved_state_any(results)
+    assert len(state) == 6 and set(state.values()) == {"TERMINATED"}, state
+    xs = []
+    for trial_dir in results.glob("train_*"):
+        params = json.loads((trial_dir / "params.json").read_text())
+        assert set(params) == {"x"} and 0.0 <= params["x"] <= 1.0, params
+        xs.append(params["x"])
+        rows = [json.loads(line) for line in (trial_dir / "result.json").open()]
+        assert rows[-1]["training_iteration"] == 4
+        assert all(r["score"] == pytest.approx(params["x"] * r["training_iteration"])
+                   for r in rows)
+    assert len(xs) == 6 and len(set(xs)) == 6
+    runs = mlflow_runs(tmp_path, "anytime")
+    trials = runs[runs["tags.raytune_suite.role"] == "trial"]
+    assert len(trials) == 6 and set(trials["status"]) == {"FINISHED"}
+    assert set(trials["tags.ray.trial_id"]) == set(state)
+
+
+def _saved_state_any(results_dir) -> dict[str, str]:
+    newest = max(results_dir.glob("experiment_state-*.json"))
+    return {json.loads(t)["trial_id"]: json.loads(t)["status"]
+            for t, _ in json.loads(newest.read_text())["trial_data"]}

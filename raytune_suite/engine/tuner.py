@@ -1,0 +1,167 @@
+"""Building the ``tune.Tuner`` an experiment file describes, and the Ray runtime it
+runs on (embedded, or a cluster's)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Optional
+
+from raytune_suite.engine import registry
+from raytune_suite.engine.logs import ProgressCsvLogger, ResultJsonLogger
+from raytune_suite.engine.outcomes import OutcomeCallback
+from raytune_suite.errors import SpecError, token_auth_error
+from raytune_suite.experiment import ExperimentSpec
+from raytune_suite.trainables import BUILTIN, is_class_trainable, resolve_trainable
+
+logger = logging.getLogger(__name__)
+
+
+def trainable(spec: ExperimentSpec, data=None):
+    from ray import tune
+
+    fn = resolve_trainable(spec.trainable)
+    if spec.trainable in BUILTIN:
+        # with_parameters puts the data set into Ray's object store once; every node
+        # fetches it once and its trials read it there without copying.
+        fn = tune.with_parameters(fn, checkpoint_every=spec.checkpoint.every, data=data)
+    return tune.with_resources(fn, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
+
+
+def shared_data(spec: ExperimentSpec):
+    """The built-in trainable's data set, loaded once in the driver before Ray starts
+    (a missing data folder is the user's to fix, exit 2), when the search does not vary
+    what data the trials see; else None and each trial process loads its own."""
+    if spec.trainable not in BUILTIN:
+        return None
+    from raytune_suite.training.config import DATA_KEYS
+    from raytune_suite.training.trainable import load_arrays_for
+
+    searched = {path.split(".")[0] for path, _ in spec.search_space.leaves()}
+    if searched & set(DATA_KEYS):
+        return None
+    try:
+        return load_arrays_for(dict(spec.config))
+    except (ValueError, FileNotFoundError) as e:
+        raise SpecError("config.data_root" if spec.config.get("data_root") else "config.dataset",
+                        f"data could not be loaded: {e}",
+                        spec.config.get("data_root") or spec.config.get("dataset")) from None
+
+
+def to_object_store(data):
+    """Put the data set into Ray's object store and hand back only the reference, so
+    the driver does not keep a second copy alive for the whole search."""
+    if data is None:
+        return None
+    import ray
+
+    return ray.put(data)
+
+
+def reuses_actors(spec: ExperimentSpec) -> bool:
+    """A fresh worker process per trial costs ~2 s here; trials clean their own state.
+    Not with schedulers that pause trials until a whole group catches up (synchronous
+    PBT, HyperBand): the paused trials' cached actors can starve a trial that never
+    started, and the group then waits for it forever (seen with synchronous PBT)."""
+    sched = spec.scheduler
+    return not ((sched.type == "pbt" and sched.synch) or sched.type == "hyperband")
+
+
+def build_tuner(spec: ExperimentSpec, callbacks: list, data=None):
+    """The ``tune.Tuner`` an experiment file describes."""
+    from ray import tune
+
+    parts = registry.build(spec)
+    tune_config = tune.TuneConfig(
+        metric=spec.metric,
+        mode=spec.mode,
+        search_alg=parts.searcher,
+        scheduler=parts.scheduler,
+        num_samples=spec.search.num_samples,
+        reuse_actors=reuses_actors(spec),
+        time_budget_s=spec.stop.time_budget_s,
+        trial_dirname_creator=trial_dirname,
+    )
+    storage = spec.storage if "://" in spec.storage else str(Path(spec.storage).resolve())
+    checkpoints = {"num_to_keep": spec.checkpoint.keep}
+    if is_class_trainable(resolve_trainable(spec.trainable)):
+        # Ray drives a class trainable's checkpoints; a function trainable decides itself.
+        checkpoints.update(checkpoint_frequency=spec.checkpoint.every, checkpoint_at_end=True)
+    run_config = tune.RunConfig(
+        name=spec.name,
+        storage_path=storage,
+        stop=parts.stopper,
+        checkpoint_config=tune.CheckpointConfig(**checkpoints),
+        failure_config=tune.FailureConfig(max_failures=spec.failure.max_failures),
+        callbacks=[OutcomeCallback(spec.max_t, spec.time_attr,
+                                   budget=bool(spec.stop.time_budget_s)), *callbacks,
+                   ResultJsonLogger(), ProgressCsvLogger()],
+        verbose=1,
+    )
+    return tune.Tuner(trainable(spec, data), param_space=parts.param_space,
+                      tune_config=tune_config, run_config=run_config)
+
+
+def trial_dirname(trial) -> str:
+    """``train_classifier_1a2b3c4d`` instead of Ray's config-laden folder names."""
+    return f"{trial.trainable_name}_{trial.trial_id}"
+
+
+def quiet_worker_logs() -> None:
+    """Runs in every worker (``worker_process_setup_hook``): one INFO line per saved
+    checkpoint drowns the progress table, so Ray's storage logger keeps to warnings."""
+    logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
+
+
+def init_ray(address: Optional[str]) -> None:
+    """Connect to a cluster, or start embedded Ray with all local CPUs and GPUs."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    if not address:
+        # address="local": always a fresh embedded runtime, even when a `ray start` cluster
+        # runs on this machine (plain ray.init() would silently join it).
+        ray.init(address="local", logging_level=logging.WARNING, include_dashboard=False,
+                 runtime_env={"worker_process_setup_hook":
+                              "raytune_suite.engine.tuner.quiet_worker_logs"})
+        return
+    try:
+        # On a cluster the job's own runtime_env (if any) stays in charge.
+        ray.init(address=address, logging_level=logging.WARNING)
+    except ConnectionError as e:
+        raise SpecError("--address", f"no Ray cluster answered ({' '.join(str(e).split())[:160]}"
+                                     "); start one with `ray start --head`, or leave --address "
+                                     "out for embedded Ray", address) from None
+    except Exception as e:  # noqa: BLE001 - auth failures come as several types
+        if "uthenticat" in type(e).__name__ + str(e):
+            raise token_auth_error(address) from None
+        raise
+
+
+def check_storage(spec: ExperimentSpec) -> None:
+    """More than one node needs storage every node sees (Ray Tune syncs trial results and
+    checkpoints through it); a local path only exists on the driver's machine."""
+    import ray
+
+    nodes = _alive_nodes()
+    if nodes <= 1 or "://" in spec.storage or spec.storage_shared:
+        return
+    ray.shutdown()
+    raise SpecError("storage", f"with {nodes} nodes, results and checkpoints must go to "
+                               "storage every node sees: an NFS path mounted on all nodes (then "
+                               "also set storage_shared: true) or a URI such as "
+                               "s3://bucket/path", spec.storage)
+
+
+def _alive_nodes() -> int:
+    import ray
+
+    return sum(1 for n in ray.nodes() if n.get("Alive"))
+
+
+def warn_sqlite_on_cluster(uri: Optional[str]) -> None:
+    if uri and uri.startswith("sqlite:") and _alive_nodes() > 1:
+        logger.warning("MLflow logs to %s from the driver only (workers never write to it); "
+                       "with several users or drivers use a tracking server: "
+                       "tracking.mlflow.tracking_uri: http://HEAD:5000", uri)

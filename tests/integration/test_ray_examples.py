@@ -1,0 +1,90 @@
+"""Ray Tune's own example trainables, imported from the installed `ray` package (not
+copied), run unchanged through `raytune-suite run` at smoke size: ASHA, HyperBand with
+checkpoint/restore, and a HyperOpt conditional space. (The PBT example, killed and
+resumed, is in test_pbt.py.)"""
+
+import textwrap
+
+from helpers import mlflow_runs
+from raytune_suite.cli import main
+
+
+def _run(in_tmp, text: str) -> int:
+    (in_tmp / "exp.yaml").write_text(textwrap.dedent(text))
+    return main(["run", "exp.yaml"])
+
+
+def _trials(in_tmp, name):
+    runs = mlflow_runs(in_tmp, name)
+    return runs[runs["tags.raytune_suite.role"] == "trial"]
+
+
+def test_async_hyperband_example_under_asha(ray_local, in_tmp, capsys):
+    assert _run(in_tmp, """
+        name: ray-asha
+        trainable: ray.tune.examples.async_hyperband_example:easy_objective
+        config: {steps: 6}
+        search_space:
+          width: {uniform: [0, 20]}
+          height: {uniform: [-100, 100]}
+        metric: mean_loss
+        mode: min
+        search: {algorithm: hyperopt, num_samples: 6, max_concurrent: 2, seed: 1,
+                 n_initial_points: 3}
+        scheduler: {type: asha, max_t: 6, grace_period: 1, reduction_factor: 2}
+    """) == 0
+    assert "ray-asha: 6 trials, 0 errored" in capsys.readouterr().out
+    trials = _trials(in_tmp, "ray-asha")
+    assert len(trials) == 6 and set(trials["status"]) == {"FINISHED"}
+    outcomes = dict(zip(trials["tags.ray.trial_id"], trials["tags.raytune_suite.outcome"]))
+    assert set(outcomes.values()) <= {"completed", "stopped_early"}
+    assert "stopped_early" in outcomes.values(), outcomes  # ASHA at reduction factor 2
+    assert "completed" in outcomes.values(), outcomes
+
+
+def test_checkpointing_example_under_hyperband(ray_local, in_tmp, capsys):
+    """HyperBand pauses trials at its rungs; Ray's custom_func_checkpointing example
+    restores from its own checkpoint each time and every trial ends cleanly."""
+    assert _run(in_tmp, """
+        name: ray-hyperband
+        trainable: ray.tune.examples.custom_func_checkpointing:train_func
+        search_space:
+          width: {qrandint: [0, 20, 5]}
+          height: {randn: [0, 50]}
+        metric: mean_loss
+        mode: min
+        search: {algorithm: random, num_samples: 4, seed: 2}
+        scheduler: {type: hyperband, max_t: 4, reduction_factor: 2}
+        checkpoint: {keep: 2}
+    """) == 0
+    assert "ray-hyperband: 4 trials, 0 errored" in capsys.readouterr().out
+    trials = _trials(in_tmp, "ray-hyperband")
+    assert len(trials) == 4 and set(trials["status"]) == {"FINISHED"}
+    assert set(trials["tags.raytune_suite.outcome"]) <= {"completed", "stopped_early"}
+    assert all(w % 5 == 0 for w in trials["params.width"].astype(int))
+
+
+def test_hyperopt_conditional_example(ray_local, in_tmp):
+    assert _run(in_tmp, """
+        name: ray-conditional
+        trainable: ray.tune.examples.hyperopt_conditional_search_space_example:easy_objective
+        config: {steps: 3}
+        search_space:
+          activation:
+            choice:
+              - {activation: relu, mult: {uniform: [1, 2]}}
+              - {activation: tanh}
+          width: {uniform: [0, 20]}
+          height: {uniform: [-100, 100]}
+        metric: mean_loss
+        mode: min
+        search: {algorithm: hyperopt, num_samples: 6, max_concurrent: 2, seed: 4,
+                 n_initial_points: 6}
+        scheduler: {type: fifo, max_t: 3}
+    """) == 0
+    trials = _trials(in_tmp, "ray-conditional")
+    assert len(trials) == 6
+    for _, t in trials.iterrows():
+        has_mult = isinstance(t.get("params.activation/mult"), str)
+        assert has_mult == (t["params.activation/activation"] == "relu")
+    assert set(trials["tags.raytune_suite.outcome"]) == {"completed"}
