@@ -96,8 +96,13 @@ def _validate(args) -> int:
 
     spec, _ = load_spec(args.file, args.overrides)
     check(spec)  # Ray Tune builds the searcher, scheduler and space as the run will
+    mutated = ""
+    if spec.scheduler.type == "pbt":
+        from raytune_suite.experiment import mutation_space
+
+        mutated = f", {len(list(mutation_space(spec).leaves()))} mutated by pbt"
     print(f"{args.file}: ok ({spec.search.algorithm} search, {spec.scheduler.type} scheduler, "
-          f"{len(list(spec.search_space.leaves()))} searched hyperparameters)")
+          f"{len(list(spec.search_space.leaves()))} searched hyperparameters{mutated})")
     return 0
 
 

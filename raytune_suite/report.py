@@ -1,76 +1,8 @@
-"""What a search found: per-trial summaries, the leaderboard and the best trial."""
+"""What the user sees of a search: the leaderboard."""
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-from typing import Any, Optional
-
-
-@dataclass(frozen=True)
-class TrialSummary:
-    trial_id: str
-    config: dict[str, Any]  # the searched values only
-    best: Optional[float]  # best value of the metric over the trial's epochs
-    epochs: int  # training iterations the trial ran
-    status: str  # TERMINATED, ERROR or DIVERGED
-    checkpoint: Optional[str]  # folder of the best retained checkpoint
-    outcome: str = "completed"  # see raytune_suite.engine.outcomes
-
-
-def _get(config: dict, dotted: str) -> Any:
-    node: Any = config
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return node
-
-
-def summarize(results, spec, searched: list[str], outcomes: Optional[dict] = None
-              ) -> list[TrialSummary]:
-    """One summary per trial of a Ray ``ResultGrid``, best first; trials with no finite
-    value of the metric come last, and so do diverged trials (a NaN or inf loss): their
-    earlier epochs do not make a model anyone should pick."""
-    from raytune_suite.engine.outcomes import recorded_outcome
-
-    metric, mode = spec.metric, spec.mode
-    rows = []
-    for r in results:
-        history = r.metrics_dataframe
-        metrics = r.metrics or {}
-        diverged = bool(metrics.get("diverged"))
-        values = ([float(v) for v in history[metric] if _finite(v)]
-                  if history is not None and metric in history and not diverged else [])
-        best = (max(values) if mode == "max" else min(values)) if values else None
-        ckpt = None
-        if r.best_checkpoints:
-            pick = max if mode == "max" else min
-            scored = [(c, m.get(metric)) for c, m in r.best_checkpoints if _finite(m.get(metric))]
-            if scored:
-                ckpt = pick(scored, key=lambda cm: cm[1])[0].path
-            else:
-                ckpt = r.best_checkpoints[-1][0].path
-        rows.append(TrialSummary(
-            trial_id=str(metrics.get("trial_id", r.path.rsplit("/", 1)[-1])),
-            config={k: _get(r.config or {}, k) for k in searched},
-            best=best,
-            epochs=int(metrics.get("training_iteration", 0)),
-            status="ERROR" if r.error else "DIVERGED" if diverged else "TERMINATED",
-            checkpoint=ckpt,
-            outcome=recorded_outcome(metrics, r.error is not None, spec.max_t, spec.time_attr,
-                                     (outcomes or {}).get(str(metrics.get("trial_id")))),
-        ))
-    sign = -1 if mode == "max" else 1
-    return sorted(rows, key=lambda t: (t.best is None, sign * (t.best or 0.0)))
-
-
-def _finite(v: Any) -> bool:
-    try:
-        return math.isfinite(float(v))
-    except (TypeError, ValueError):
-        return False
-
+from typing import Any
 
 def _fmt(v: Any) -> str:
     if isinstance(v, float):
@@ -80,7 +12,7 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-def leaderboard(rows: list[TrialSummary], metric: str, top: int = 5) -> str:
+def leaderboard(rows: list, metric: str, top: int = 5) -> str:
     """A plain-text table of the ``top`` trials."""
     header = ["rank", "trial", metric, "epochs", "config"]
     body = [[str(i + 1), t.trial_id, _fmt(t.best) if t.best is not None else "-",

@@ -24,7 +24,7 @@ from raytune_suite.engine.tuner import (build_tuner, check_storage, init_ray, sh
                                         to_object_store, trainable, warn_sqlite_on_cluster)
 from raytune_suite.errors import Interrupted, SpecError
 from raytune_suite.experiment import ExperimentSpec, validate
-from raytune_suite.report import TrialSummary, summarize
+from raytune_suite.engine.results import TrialSummary, summarize
 
 logger = logging.getLogger(__name__)
 
@@ -110,6 +110,14 @@ def _start(spec: ExperimentSpec, raw: dict, path: Path, state: dict, data=None) 
         # resuming was made; leave no folder behind that would block the fixed rerun.
         shutil.rmtree(path, ignore_errors=True)
         raise
+    except Exception:
+        if not _any_result(path):  # failed before its first result: nothing to resume
+            _empty(path, keep=(LOCK_FILE,))
+        raise
+
+
+def _any_result(path: Path) -> bool:
+    return any(f.stat().st_size for f in path.glob("*/result.json"))
 
 
 def _discard_unstarted(path: Path) -> None:
