@@ -1,35 +1,99 @@
-"""Ray Tune's result.json and progress.csv loggers, without losing rows.
+"""Ray Tune's result.json, progress.csv and params.json loggers, losing no rows.
 
-When a trial starts again in the same search (a PBT or HyperBand pause, a retry),
-Ray's loggers copy the trial's file from storage over the driver's local copy before
-appending. Storage receives the local copy only at the next experiment sync, so it is
-often older: the copy throws away the rows reported since (seen here: a PBT trial of 16
-epochs with 4 rows in result.json), and warns "Remote file not found" when storage has
-none yet. Here the storage copy is used only when the driver has none (after a
-resume, which starts a fresh local folder): the local file is never older.
+Ray's loggers write into a driver "staging" folder that Ray copies to storage every few
+seconds, and whenever a trial starts again (each PBT exploit or pause, each retry) they
+first copy the trial's file back from storage over the staging copy. Storage is often
+older, so that throws away the rows reported since (seen here: a PBT trial of 16 epochs
+left with 4 rows in result.json), and a driver killed between two copies loses the
+rows since the last one (a resume then warns "Could not fetch metrics ... result.json
+and progress.csv were not found").
+
+Where storage is a local folder (or an NFS mount) the suite's loggers write straight
+into the trial's folder there: every reported row is on storage when the next result
+comes. Elsewhere (s3://) they keep Ray's staging folder but copy from storage only when
+the driver has no copy of its own (after a resume, which starts a fresh staging folder).
 """
 
 from __future__ import annotations
 
+import json
+import logging
 from pathlib import Path
 
+import ray.cloudpickle as cloudpickle
 from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+from ray.tune.result import EXPR_PARAM_FILE, EXPR_PARAM_PICKLE_FILE, EXPR_PROGRESS_FILE, \
+    EXPR_RESULT_FILE
+from ray.tune.utils.util import SafeFallbackEncoder
 
 from raytune_suite.engine import storage
 
 
-class _KeepLocalRows:
+def _folder(trial) -> Path:
+    """Where this trial's result files go: its storage folder when that is local."""
+    if storage.is_local(trial.storage.storage_filesystem):
+        folder = Path(trial.storage.trial_fs_path)
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+    trial.init_local_path()
+    return Path(trial.local_path)
+
+
+class _KeepRows:
     def _restore_from_remote(self, file_name: str, trial) -> None:
+        if storage.is_local(trial.storage.storage_filesystem):
+            return  # written on storage already
         if Path(trial.local_path, file_name).exists():
-            return
+            return  # the driver's copy is never older than storage's
         remote = Path(trial.storage.trial_fs_path, file_name).as_posix()
         if storage.exists(trial.storage.storage_filesystem, remote):
             super()._restore_from_remote(file_name, trial)
 
 
-class ResultJsonLogger(_KeepLocalRows, JsonLoggerCallback):
-    """``result.json``: one JSON line per reported result."""
+class ResultJsonLogger(_KeepRows, JsonLoggerCallback):
+    """``result.json`` (one JSON line per reported result) and ``params.json``."""
+
+    def log_trial_start(self, trial):
+        if trial in self._trial_files:
+            self._trial_files[trial].close()
+        self.update_config(trial, trial.config)
+        self._restore_from_remote(EXPR_RESULT_FILE, trial)
+        self._trial_files[trial] = (_folder(trial) / EXPR_RESULT_FILE).open("at")
+
+    def update_config(self, trial, config: dict):
+        self._trial_configs[trial] = config
+        folder = _folder(trial)
+        with (folder / EXPR_PARAM_FILE).open("w") as f:
+            json.dump(config, f, indent=2, sort_keys=True, cls=SafeFallbackEncoder)
+        with (folder / EXPR_PARAM_PICKLE_FILE).open("wb") as f:
+            cloudpickle.dump(config, f)
 
 
-class ProgressCsvLogger(_KeepLocalRows, CSVLoggerCallback):
+class ProgressCsvLogger(_KeepRows, CSVLoggerCallback):
     """``progress.csv``: one row per reported result."""
+
+    def _setup_trial(self, trial):
+        if trial in self._trial_files:
+            self._trial_files[trial].close()
+        self._restore_from_remote(EXPR_PROGRESS_FILE, trial)
+        path = _folder(trial) / EXPR_PROGRESS_FILE
+        self._trial_continue[trial] = path.exists() and path.stat().st_size > 0
+        self._trial_files[trial] = path.open("at")
+        self._trial_csv[trial] = None
+
+
+class _NotReportedYet(logging.Filter):
+    """Drops Ray's "Failed to fetch metrics" warning when every trial it names simply has
+    no result file: with the loggers above, that means the trial had not reported yet
+    (pending when the driver stopped, or when the time budget ran out)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        lines = record.getMessage().splitlines()
+        return not (lines and lines[0].startswith("Failed to fetch metrics") and
+                    all("were not found" in line for line in lines[1:]))
+
+
+def quiet_unreported_trials() -> None:
+    analysis = logging.getLogger("ray.tune.analysis.experiment_analysis")
+    if not any(isinstance(f, _NotReportedYet) for f in analysis.filters):
+        analysis.addFilter(_NotReportedYet())

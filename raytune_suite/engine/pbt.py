@@ -44,6 +44,7 @@ from ray.tune import Checkpoint
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import PopulationBasedTraining
 from ray.tune.schedulers.pbt import _filter_mutated_params_from_config, _make_experiment_tag
+from ray.tune.trainable import FunctionTrainable
 from ray.tune.utils.util import SafeFallbackEncoder
 
 from raytune_suite.engine import storage
@@ -93,7 +94,7 @@ class ExploitSafePBT(_Recording, PopulationBasedTraining):
                                lower_quantile: list):
         state = self._trial_state[trial]
         if trial in upper_quantile:
-            state.last_checkpoint = self._pin_donor_checkpoint(trial, state, reporting=True)
+            state.last_checkpoint = self._pin_donor_checkpoint(trial, state, tune_controller)
             self._num_checkpoints += state.last_checkpoint is not None
         else:
             state.last_checkpoint = None
@@ -123,12 +124,12 @@ class ExploitSafePBT(_Recording, PopulationBasedTraining):
             return
         self._exploit(tune_controller, trial, donor)
 
-    def _pin_donor_checkpoint(self, trial: Trial, state, reporting: bool = False
+    def _pin_donor_checkpoint(self, trial: Trial, state, controller=None
                               ) -> Optional[_TrainingResult]:
         """The trial's newest checkpoint, if no older than the perturbation interval,
         hard-linked where ``keep`` cannot delete it until the trial is a donor again.
-        ``reporting``: the trial's result is the one being processed."""
-        found = self._newest_checkpoint(trial, state, reporting)
+        ``controller``: given when the trial's result is the one being processed."""
+        found = self._newest_checkpoint(trial, state, controller)
         if found is None or state.last_train_time - _iteration(found) > \
                 self._perturbation_interval:
             return None
@@ -141,16 +142,25 @@ class ExploitSafePBT(_Recording, PopulationBasedTraining):
                                metrics=dict(found.metrics))
 
     @staticmethod
-    def _newest_checkpoint(trial: Trial, state, reporting: bool) -> Optional[_TrainingResult]:
-        """The checkpoint of the result being processed (already on storage: a function
-        trainable persists it before reporting; Ray registers it after the schedulers
-        have seen the result), else the newest one Ray registered."""
+    def _newest_checkpoint(trial: Trial, state, controller=None) -> Optional[_TrainingResult]:
+        """The checkpoint of the result being processed, else the newest one Ray
+        registered. A function trainable's is already on storage (it persists it before
+        reporting; Ray registers it after the schedulers have seen the result); a class
+        trainable is asked to save now, as Ray's PBT does (asking a function trainable
+        would only register its last checkpoint a second time)."""
         result = state.last_result or {}
         name = result.get("checkpoint_dir_name")
-        if reporting and trial.status == Trial.RUNNING and name:
-            path = Path(trial.storage.trial_fs_path, name).as_posix()
-            return _TrainingResult(Checkpoint(path, filesystem=trial.storage.storage_filesystem),
-                                   dict(result))
+        if controller is not None and trial.status == Trial.RUNNING:
+            if name:
+                path = Path(trial.storage.trial_fs_path, name).as_posix()
+                return _TrainingResult(
+                    Checkpoint(path, filesystem=trial.storage.storage_filesystem), dict(result))
+            trainable = trial.get_trainable_cls()
+            if trainable is not None and not issubclass(trainable, FunctionTrainable):
+                saving = controller._schedule_trial_save(trial, result=result)
+                resolved = saving.resolve() if saving is not None else None
+                if resolved is not None and resolved.checkpoint is not None:
+                    return resolved
         saving = trial.temporary_state.saving_to
         if isinstance(saving, _FutureTrainingResult):  # a paused trial's save in flight
             resolved = saving.resolve()
@@ -220,8 +230,9 @@ class ExploitSafePBT(_Recording, PopulationBasedTraining):
         resume would replace the ones from before it."""
         fs = trial.storage.storage_filesystem
         folder = trial.storage.experiment_fs_path
-        policy = [trial_state.orig_tag, new_state.orig_tag,
-                  trial.last_result.get("training_iteration", 0),
+        # [receiver, donor, the receiver's iteration, the iteration of the donor
+        # checkpoint it restarts from, the donor's config, the receiver's new config]
+        policy = [trial_state.orig_tag, new_state.orig_tag, trial_state.last_train_time,
                   _iteration(new_state.last_checkpoint), trial_to_clone.config, new_config]
         line = json.dumps(policy, cls=SafeFallbackEncoder)
         storage.append_line(fs, Path(folder, "pbt_global.txt").as_posix(), line)

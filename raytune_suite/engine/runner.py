@@ -15,6 +15,7 @@ from typing import Any, Optional
 import yaml
 
 from raytune_suite.engine import registry
+from raytune_suite.engine.logs import quiet_unreported_trials
 from raytune_suite.engine.outcomes import settle
 from raytune_suite.engine.state import (LOCK_FILE, SPEC_FILE, STATE_FILE, experiment_lock,
                                         has_ray_state, read_outcomes, read_state,
@@ -194,6 +195,7 @@ def resume_experiment(ref: str, address: Optional[str] = None) -> Outcome:
                   "starts from the beginning", file=sys.stderr)
             _empty(path, keep=(SPEC_FILE, STATE_FILE, LOCK_FILE))
             return _start(spec, raw, path, state, data)
+        quiet_unreported_trials()
         tuner = tune.Tuner.restore(str(path), trainable=trainable(spec, to_object_store(data)),
                                    resume_unfinished=True, resume_errored=True)
         del data
@@ -235,6 +237,7 @@ def _missing_metric_error(error: BaseException, spec: ExperimentSpec) -> Optiona
 
 
 def _fit_and_finish(spec: ExperimentSpec, tuner, path: Path, state: dict) -> Outcome:
+    quiet_unreported_trials()
     uri, parent = state.get("tracking_uri"), state.get("parent_run_id")
     stop_signal = _StopSignal()
     tune_logger = logging.getLogger("ray.tune.tune")

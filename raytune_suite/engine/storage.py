@@ -10,7 +10,7 @@ from pathlib import Path
 import pyarrow.fs
 
 
-def _is_local(fs) -> bool:
+def is_local(fs) -> bool:
     return isinstance(fs, pyarrow.fs.LocalFileSystem)
 
 
@@ -19,7 +19,7 @@ def copy_folder(fs, source: str, dest: str) -> None:
     (checkpoint files are written once, so a link is a copy that costs no space until
     the original is deleted); elsewhere they are copied."""
     remove_folder(fs, dest)
-    if _is_local(fs):
+    if is_local(fs):
         shutil.copytree(source, dest, copy_function=_link_or_copy)
         return
     pyarrow.fs.copy_files(source, dest, source_filesystem=fs, destination_filesystem=fs)
@@ -34,7 +34,7 @@ def _link_or_copy(src: str, dst: str) -> None:
 
 def remove_folder(fs, path: str) -> None:
     """Remove a folder if it exists."""
-    if _is_local(fs):
+    if is_local(fs):
         shutil.rmtree(path, ignore_errors=True)
         return
     info = fs.get_file_info(path)
@@ -50,7 +50,7 @@ def append_line(fs, path: str, line: str) -> None:
     """Append one line to a text file on storage, durably (S3 cannot append: there the
     file is rewritten, which is fine for the few lines written here)."""
     data = (line.rstrip("\n") + "\n").encode()
-    if _is_local(fs):
+    if is_local(fs):
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         with open(path, "ab") as f:
             f.write(data)

@@ -71,6 +71,11 @@ def test_pbt_exploits_without_loops_from_fresh_donor_checkpoints(interval, every
         assert restarted[0]["training_iteration"] == e["checkpoint_iteration"] + 1
         assert restarted[0]["lr"] == pytest.approx(e["after"]["lr"], rel=1e-12)
         assert restarted[0]["config"]["lr"] == e["after"]["lr"]
+    # Ray's own log of the exploits says the same: one line per exploit, and never two
+    # for one trial at one iteration.
+    policy = [json.loads(line) for line in (folder / "pbt_global.txt").read_text().splitlines()]
+    assert len(policy) == len(made)
+    assert len({(p[0], p[2]) for p in policy}) == len(policy), policy
     trained = sum(len(r) for r in rows.values())
     retrained = sum(e["retrained"] for e in made)
     assert retrained == outcome.pbt["retrained"]

@@ -88,3 +88,31 @@ def test_hyperopt_conditional_example(ray_local, in_tmp):
         has_mult = isinstance(t.get("params.activation/mult"), str)
         assert has_mult == (t["params.activation/activation"] == "relu")
     assert set(trials["tags.raytune_suite.outcome"]) == {"completed"}
+
+
+def test_class_trainable_under_pbt_checkpoints_every_n(ray_local, in_tmp, capsys):
+    """Ray's PBTBenchmarkExample, a `tune.Trainable` class: Ray checkpoints it every
+    `checkpoint.every` iterations (checkpoint_frequency), and PBT exploits its donors."""
+    import json
+
+    assert _run(in_tmp, """
+        name: ray-pbt-class
+        trainable: ray.tune.examples.pbt_example:PBTBenchmarkExample
+        search_space:
+          lr: {loguniform: [0.0001, 0.02]}
+        metric: mean_accuracy
+        mode: max
+        search: {algorithm: random, num_samples: 4, seed: 0}
+        scheduler: {type: pbt, max_t: 24, perturbation_interval: 4, quantile_fraction: 0.5}
+        checkpoint: {every: 2, keep: 2}
+    """) == 0
+    assert "ray-pbt-class: 4 trials, 0 errored" in capsys.readouterr().out
+    folder = in_tmp / "ray_results" / "ray-pbt-class"
+    records = [json.loads(line) for line in (folder / "pbt_exploits.jsonl").open()]
+    made = [r for r in records if r["event"] == "exploit"]
+    assert made, "PBT never exploited"
+    assert all(r["iteration"] - r["checkpoint_iteration"] <= 4 for r in made)
+    for trial_dir in folder.glob("PBTBenchmarkExample_*"):
+        kept = list(trial_dir.glob("checkpoint_*"))
+        assert 1 <= len(kept) <= 2, kept
+    assert set(_trials(in_tmp, "ray-pbt-class")["tags.raytune_suite.outcome"]) == {"completed"}

@@ -222,6 +222,7 @@ def test_a_kill_at_any_moment_leaves_nothing_or_a_resumable_search(tmp_path):
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "anytime: 6 trials, 0 errored" in proc.stdout, proc.stdout[-2000:]
+    assert "Failed to fetch metrics" not in proc.stderr
     state = _saved_state_any(results)
     assert len(state) == 6 and set(state.values()) == {"TERMINATED"}, state
     xs = []
