@@ -234,17 +234,19 @@ class SeenResult:
 class ResultWatcher(threading.Thread):
     """The driver-side wall clock of every result of one experiment.
 
-    Ray Tune's driver appends each result to ``result.json`` in its staging folder
-    (``<session>/artifacts/<time>/<experiment>/driver_artifacts/<trial>/``) as soon as it
-    processes the result, and copies that folder to ``storage`` only now and then. Reading
+    The driver appends each result to ``result.json`` as soon as it processes the result:
+    the suite in the trial's folder under a local ``storage`` (``folder``), Ray Tune in
+    its staging folder (``<session>/artifacts/<time>/<experiment>/driver_artifacts/<trial>/``),
+    which it copies to ``storage`` only now and then. Reading
     the new lines of these files every ``interval`` seconds times each result to within
     ``interval``; the results' own ``timestamp`` has a resolution of one second. The
     experiment's name must be unique within the Ray session.
     """
 
-    def __init__(self, experiment: str, interval: float = 0.1):
+    def __init__(self, experiment: str, interval: float = 0.1, folder: Optional[str] = None):
         super().__init__(daemon=True)
         self.experiment, self.interval = experiment, interval
+        self.folder = folder  # the experiment's folder, where the suite writes result.json
         self.seen: list[SeenResult] = []
         self._read: dict[str, int] = {}  # result.json -> bytes consumed (whole lines only)
         self._stopped = threading.Event()
@@ -272,7 +274,10 @@ class ResultWatcher(threading.Thread):
         pattern = os.path.join(glob.escape(_get_ray_train_session_dir()), "*",
                                glob.escape(self.experiment), "driver_artifacts", "*",
                                "result.json")
-        for path in glob.glob(pattern):
+        paths = glob.glob(pattern)
+        if self.folder:  # with local storage the suite writes there directly
+            paths += glob.glob(os.path.join(glob.escape(self.folder), "*", "result.json"))
+        for path in paths:
             done = self._read.get(path, 0)
             with open(path, "rb") as f:
                 f.seek(done)

@@ -160,7 +160,7 @@ def run_packing(gpu: float, args: argparse.Namespace, storage: str,
     raw = experiment(gpu, args, storage, name or f"p5-gpu-packing-{round(1 / gpu)}")
     spec = validate(raw)
     print(f"\n=== gpu {gpu:g}: {round(1 / gpu)} trial(s) on one GPU", flush=True)
-    watcher = _common.ResultWatcher(raw["name"])
+    watcher = _common.ResultWatcher(raw["name"], folder=spec.experiment_path)
     watcher.start()
     try:
         outcome = run_experiment(spec, raw, use_mlflow=False)

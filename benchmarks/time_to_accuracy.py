@@ -130,7 +130,7 @@ def run_side(side: str, seed: int, args: argparse.Namespace, storage: str,
     raw = experiment(side, seed, args, storage, mlflow_uri, tag)
     spec = validate(raw)
     print(f"\n=== {tag}: {side}", flush=True)
-    watcher = _common.ResultWatcher(raw["name"])
+    watcher = _common.ResultWatcher(raw["name"], folder=spec.experiment_path)
     watcher.start()
     try:
         outcome = run_experiment(spec, raw)

@@ -28,3 +28,37 @@ def result_rows(results_dir) -> dict[str, list[dict]]:
 
     return {p.parent.name: [json.loads(line) for line in p.open() if line.strip()]
             for p in Path(results_dir).glob("*/result.json")}
+
+
+def kill_when(cmd, cwd, ready, may_end: bool = False, timeout: float = 240):
+    """Start a CLI command in its own session; SIGKILL its whole process group (the driver
+    and the embedded Ray it started, like a crash of the machine) once ``ready()`` holds.
+
+    Returns the exit status. A command that ends by itself first fails the test, unless
+    ``may_end``.
+    """
+    import signal
+    import subprocess
+    import time
+
+    proc = subprocess.Popen(cmd, cwd=cwd, env=cli_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + timeout
+    try:
+        while not ready():
+            if proc.poll() is not None:
+                assert may_end, f"{cmd} ended (status {proc.returncode}) before the kill"
+                return proc.returncode
+            assert time.monotonic() < deadline, f"the moment to kill {cmd} never came"
+            time.sleep(0.02)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    return proc.returncode
+
+
+def js_errors(driver) -> list[str]:
+    """A page's JavaScript errors (SEVERE console entries) since the last call, from a
+    selenium driver started with ``goog:loggingPrefs`` (tests/browser/conftest.py)."""
+    return [e["message"] for e in driver.get_log("browser") if e.get("level") == "SEVERE"]

@@ -51,14 +51,20 @@ class _KeepRows:
 
 
 class ResultJsonLogger(_KeepRows, JsonLoggerCallback):
-    """``result.json`` (one JSON line per reported result) and ``params.json``."""
+    """``result.json`` (one JSON line per reported result) and ``params.json``, written
+    with a trial's first result after it starts: a trial that a crash catches before it
+    reports (and that Ray's saved state may never know) leaves no files behind."""
 
     def log_trial_start(self, trial):
         if trial in self._trial_files:
-            self._trial_files[trial].close()
-        self.update_config(trial, trial.config)
-        self._restore_from_remote(EXPR_RESULT_FILE, trial)
-        self._trial_files[trial] = (_folder(trial) / EXPR_RESULT_FILE).open("at")
+            self._trial_files.pop(trial).close()
+
+    def log_trial_result(self, iteration: int, trial, result: dict):
+        if trial not in self._trial_files:
+            self.update_config(trial, trial.config)
+            self._restore_from_remote(EXPR_RESULT_FILE, trial)
+            self._trial_files[trial] = (_folder(trial) / EXPR_RESULT_FILE).open("at")
+        super().log_trial_result(iteration, trial, result)
 
     def update_config(self, trial, config: dict):
         self._trial_configs[trial] = config

@@ -19,8 +19,8 @@ from raytune_suite.engine.logs import quiet_unreported_trials
 from raytune_suite.engine.outcomes import settle
 from raytune_suite.engine.state import (LOCK_FILE, SPEC_FILE, STATE_FILE, experiment_lock,
                                         has_ray_state, read_outcomes, read_state,
-                                        record_outcomes, resolve_experiment, update_state,
-                                        write_state)
+                                        record_outcomes, resolve_experiment,
+                                        set_aside_lost_trials, update_state, write_state)
 from raytune_suite.engine.tuner import (build_tuner, check_storage, init_ray, shared_data,
                                         to_object_store, trainable, warn_sqlite_on_cluster)
 from raytune_suite.errors import Interrupted, SpecError
@@ -257,6 +257,8 @@ def _fit_and_finish(spec: ExperimentSpec, tuner, path: Path, state: dict) -> Out
     ray_trials = results._experiment_analysis.trials
     trials = {t.trial_id: t for t in ray_trials}
     interrupted = stop_signal.seen
+    if "://" not in spec.storage:
+        set_aside_lost_trials(path, {t.storage.trial_dir_name for t in ray_trials})
     if not interrupted and "://" not in spec.storage:
         record_outcomes(path, settle(ray_trials, spec.max_t, spec.time_attr,
                                      budget=bool(spec.stop.time_budget_s)))

@@ -95,3 +95,26 @@ def experiment_lock(path: str | Path) -> Iterator[None]:
         yield
     finally:
         handle.close()  # releases the lock
+
+
+LOST_DIR = ".lost_trials"
+
+
+def set_aside_lost_trials(path: str | Path, known: set[str]) -> list[str]:
+    """Move the folders of trials Ray's state does not know into ``.lost_trials/``.
+
+    A driver killed after a trial reported but before Ray saved its state leaves that
+    trial's folder (its rows are written to storage at once), while the resumed search
+    never runs it again: Ray's searcher suggests afresh. Its MLflow run is deleted for the
+    same reason; both stay restorable. Returns the folder names moved.
+    """
+    path = Path(path)
+    moved = []
+    for folder in path.iterdir():
+        if not folder.is_dir() or folder.name.startswith(".") or folder.name in known:
+            continue
+        if (folder / "result.json").exists() or (folder / "params.json").exists():
+            (path / LOST_DIR).mkdir(exist_ok=True)
+            folder.replace(path / LOST_DIR / folder.name)
+            moved.append(folder.name)
+    return moved

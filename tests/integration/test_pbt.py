@@ -3,16 +3,13 @@ exploit finds its donor's checkpoint (whatever checkpoint.keep), and a search ki
 with SIGKILL and resumed goes on exploiting until every trial has finished."""
 
 import json
-import os
-import signal
 import subprocess
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
 
-from helpers import CLI, EXPERIMENTS, cli_env, mlflow_runs, result_rows
+from helpers import CLI, EXPERIMENTS, cli_env, kill_when, mlflow_runs, result_rows
 from raytune_suite.engine.runner import run_experiment
 from raytune_suite.experiment import load_spec
 from raytune_suite.training import checkpoint as ckpt
@@ -149,18 +146,7 @@ def test_ray_pbt_example_killed_and_resumed_keeps_exploiting(tmp_path):
     Ray error about checkpoints that keep deleted on purpose."""
     (tmp_path / "pbtf.yaml").write_text(PBT_FUNCTION)
     results = tmp_path / "ray_results" / "pbtf"
-    driver = subprocess.Popen([*CLI, "run", "pbtf.yaml"], cwd=tmp_path, env=cli_env(),
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              start_new_session=True)
-    deadline = time.monotonic() + 240
-    try:
-        while len(exploits(results)) < 2:
-            assert driver.poll() is None, "the run ended before two exploits"
-            assert time.monotonic() < deadline, "no two exploits within 240 s"
-            time.sleep(0.05)
-    finally:
-        os.killpg(driver.pid, signal.SIGKILL)
-        driver.wait()
+    kill_when([*CLI, "run", "pbtf.yaml"], tmp_path, lambda: len(exploits(results)) >= 2)
     before = len(exploits(results))
 
     proc = subprocess.run([*CLI, "resume", "pbtf"], cwd=tmp_path, env=cli_env(),

@@ -9,19 +9,20 @@ from helpers import mlflow_runs
 from raytune_suite.cli import main
 
 
-def _run(in_tmp, text: str) -> int:
-    (in_tmp / "exp.yaml").write_text(textwrap.dedent(text))
-    return main(["run", "exp.yaml"])
-
-
-def _trials(in_tmp, name):
+def _run(in_tmp, capsys, name: str, samples: int, text: str):
+    """Run experiment ``name`` (the file's text) through the CLI; it must end with all
+    ``samples`` trials finished. Returns its MLflow trial runs."""
+    (in_tmp / "exp.yaml").write_text(f"name: {name}\n" + textwrap.dedent(text))
+    assert main(["run", "exp.yaml"]) == 0
+    assert f"{name}: {samples} trials, 0 errored" in capsys.readouterr().out
     runs = mlflow_runs(in_tmp, name)
-    return runs[runs["tags.raytune_suite.role"] == "trial"]
+    trials = runs[runs["tags.raytune_suite.role"] == "trial"]
+    assert len(trials) == samples and set(trials["status"]) == {"FINISHED"}
+    return trials
 
 
 def test_async_hyperband_example_under_asha(ray_local, in_tmp, capsys):
-    assert _run(in_tmp, """
-        name: ray-asha
+    trials = _run(in_tmp, capsys, "ray-asha", 6, """
         trainable: ray.tune.examples.async_hyperband_example:easy_objective
         config: {steps: 6}
         search_space:
@@ -32,10 +33,7 @@ def test_async_hyperband_example_under_asha(ray_local, in_tmp, capsys):
         search: {algorithm: hyperopt, num_samples: 6, max_concurrent: 2, seed: 1,
                  n_initial_points: 3}
         scheduler: {type: asha, max_t: 6, grace_period: 1, reduction_factor: 2}
-    """) == 0
-    assert "ray-asha: 6 trials, 0 errored" in capsys.readouterr().out
-    trials = _trials(in_tmp, "ray-asha")
-    assert len(trials) == 6 and set(trials["status"]) == {"FINISHED"}
+    """)
     outcomes = dict(zip(trials["tags.ray.trial_id"], trials["tags.raytune_suite.outcome"]))
     assert set(outcomes.values()) <= {"completed", "stopped_early"}
     assert "stopped_early" in outcomes.values(), outcomes  # ASHA at reduction factor 2
@@ -45,8 +43,7 @@ def test_async_hyperband_example_under_asha(ray_local, in_tmp, capsys):
 def test_checkpointing_example_under_hyperband(ray_local, in_tmp, capsys):
     """HyperBand pauses trials at its rungs; Ray's custom_func_checkpointing example
     restores from its own checkpoint each time and every trial ends cleanly."""
-    assert _run(in_tmp, """
-        name: ray-hyperband
+    trials = _run(in_tmp, capsys, "ray-hyperband", 4, """
         trainable: ray.tune.examples.custom_func_checkpointing:train_func
         search_space:
           width: {qrandint: [0, 20, 5]}
@@ -56,17 +53,13 @@ def test_checkpointing_example_under_hyperband(ray_local, in_tmp, capsys):
         search: {algorithm: random, num_samples: 4, seed: 2}
         scheduler: {type: hyperband, max_t: 4, reduction_factor: 2}
         checkpoint: {keep: 2}
-    """) == 0
-    assert "ray-hyperband: 4 trials, 0 errored" in capsys.readouterr().out
-    trials = _trials(in_tmp, "ray-hyperband")
-    assert len(trials) == 4 and set(trials["status"]) == {"FINISHED"}
+    """)
     assert set(trials["tags.raytune_suite.outcome"]) <= {"completed", "stopped_early"}
     assert all(w % 5 == 0 for w in trials["params.width"].astype(int))
 
 
-def test_hyperopt_conditional_example(ray_local, in_tmp):
-    assert _run(in_tmp, """
-        name: ray-conditional
+def test_hyperopt_conditional_example(ray_local, in_tmp, capsys):
+    trials = _run(in_tmp, capsys, "ray-conditional", 6, """
         trainable: ray.tune.examples.hyperopt_conditional_search_space_example:easy_objective
         config: {steps: 3}
         search_space:
@@ -81,9 +74,7 @@ def test_hyperopt_conditional_example(ray_local, in_tmp):
         search: {algorithm: hyperopt, num_samples: 6, max_concurrent: 2, seed: 4,
                  n_initial_points: 6}
         scheduler: {type: fifo, max_t: 3}
-    """) == 0
-    trials = _trials(in_tmp, "ray-conditional")
-    assert len(trials) == 6
+    """)
     for _, t in trials.iterrows():
         has_mult = isinstance(t.get("params.activation/mult"), str)
         assert has_mult == (t["params.activation/activation"] == "relu")
@@ -95,8 +86,7 @@ def test_class_trainable_under_pbt_checkpoints_every_n(ray_local, in_tmp, capsys
     `checkpoint.every` iterations (checkpoint_frequency), and PBT exploits its donors."""
     import json
 
-    assert _run(in_tmp, """
-        name: ray-pbt-class
+    trials = _run(in_tmp, capsys, "ray-pbt-class", 4, """
         trainable: ray.tune.examples.pbt_example:PBTBenchmarkExample
         search_space:
           lr: {loguniform: [0.0001, 0.02]}
@@ -105,8 +95,7 @@ def test_class_trainable_under_pbt_checkpoints_every_n(ray_local, in_tmp, capsys
         search: {algorithm: random, num_samples: 4, seed: 0}
         scheduler: {type: pbt, max_t: 24, perturbation_interval: 4, quantile_fraction: 0.5}
         checkpoint: {every: 2, keep: 2}
-    """) == 0
-    assert "ray-pbt-class: 4 trials, 0 errored" in capsys.readouterr().out
+    """)
     folder = in_tmp / "ray_results" / "ray-pbt-class"
     records = [json.loads(line) for line in (folder / "pbt_exploits.jsonl").open()]
     made = [r for r in records if r["event"] == "exploit"]
@@ -115,4 +104,4 @@ def test_class_trainable_under_pbt_checkpoints_every_n(ray_local, in_tmp, capsys
     for trial_dir in folder.glob("PBTBenchmarkExample_*"):
         kept = list(trial_dir.glob("checkpoint_*"))
         assert 1 <= len(kept) <= 2, kept
-    assert set(_trials(in_tmp, "ray-pbt-class")["tags.raytune_suite.outcome"]) == {"completed"}
+    assert set(trials["tags.raytune_suite.outcome"]) == {"completed"}

@@ -3,9 +3,7 @@ no trial lost or duplicated, progress never goes back, MLflow holds exactly one 
 run per trial, and HyperOpt keeps its history across the restarts."""
 
 import json
-import os
 import random
-import signal
 import subprocess
 import textwrap
 import time
@@ -14,7 +12,7 @@ from pathlib import Path
 import cloudpickle
 import pytest
 
-from helpers import CLI, cli_env, mlflow_runs, result_rows
+from helpers import CLI, cli_env, kill_when, mlflow_runs, result_rows
 
 SAMPLES, EPOCHS = 5, 5
 EXPERIMENT = textwrap.dedent(f"""
@@ -52,19 +50,7 @@ def _saved_state(results_dir) -> dict[str, tuple[str, int]]:
 def _run_until_killed(cmd, cwd, results, extra_rows: int) -> None:
     """Start ``cmd`` and SIGKILL it once ``extra_rows`` more results have been written."""
     start = sum(map(len, result_rows(results).values())) if results.exists() else 0
-    driver = subprocess.Popen(cmd, cwd=cwd, env=cli_env(), stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.monotonic() + 240
-    try:
-        while sum(map(len, result_rows(results).values())) < start + extra_rows:
-            assert driver.poll() is None, "the run ended before it could be killed"
-            assert time.monotonic() < deadline, "no progress within 240 s"
-            time.sleep(0.05)
-    finally:
-        # The whole session: the driver and the embedded Ray it started, like a crash of
-        # the machine's driver process tree.
-        os.killpg(driver.pid, signal.SIGKILL)
-        driver.wait()
+    kill_when(cmd, cwd, lambda: sum(map(len, result_rows(results).values())) >= start + extra_rows)
     time.sleep(1.0)
 
 
@@ -167,26 +153,6 @@ RANDOM_SEARCH = textwrap.dedent("""
 """)
 
 
-def _kill_when(cmd, cwd, ready) -> int:
-    """Start ``cmd``; SIGKILL its process group once ``ready()`` holds. Returns the exit
-    status if the command ended by itself first."""
-    proc = subprocess.Popen(cmd, cwd=cwd, env=cli_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.monotonic() + 240
-    try:
-        while not ready():
-            if proc.poll() is not None:
-                return proc.returncode
-            assert time.monotonic() < deadline, "the moment to kill never came"
-            time.sleep(0.02)
-        os.killpg(proc.pid, signal.SIGKILL)
-        return proc.wait()
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-
 def test_a_kill_at_any_moment_leaves_nothing_or_a_resumable_search(tmp_path):
     """Killed just after Ray wrote tuner.pkl (before its first experiment state), then at
     its first result, then once three trials finished: each time either nothing is
@@ -209,14 +175,14 @@ def test_a_kill_at_any_moment_leaves_nothing_or_a_resumable_search(tmp_path):
         return [*CLI, "resume", "anytime"] if has_ray_state(results) else [*CLI, "run", "exp.yaml"]
 
     # 1. 0.2 s after tuner.pkl: the window before Ray's first experiment state.
-    _kill_when([*CLI, "run", "exp.yaml"], tmp_path,
-               lambda: started() and time.sleep(0.2) is None)
+    kill_when([*CLI, "run", "exp.yaml"], tmp_path,
+              lambda: started() and time.sleep(0.2) is None, may_end=True)
     # 2. Whatever was left: the same command a user would type next, killed in that
     # same early window of its own ...
-    _kill_when(again(), tmp_path, lambda: started() and time.sleep(0.2) is None)
+    kill_when(again(), tmp_path, lambda: started() and time.sleep(0.2) is None, may_end=True)
     # 3. ... then at the first result, 4. then with three trials finished.
-    _kill_when(again(), tmp_path, lambda: any(result_rows(results).values()))
-    _kill_when(again(), tmp_path, finished(3))
+    kill_when(again(), tmp_path, lambda: any(result_rows(results).values()), may_end=True)
+    kill_when(again(), tmp_path, finished(3), may_end=True)
 
     proc = subprocess.run(again(), cwd=tmp_path, env=cli_env(), capture_output=True,
                           text=True, timeout=600)
