@@ -24,6 +24,11 @@ def _parser() -> argparse.ArgumentParser:
         description="Hyperparameter search for PyTorch models: experiment file -> Ray Tune -> MLflow.")
     sub = p.add_subparsers(dest="command", required=True)
 
+    def add_verbose(sp):
+        sp.add_argument("--verbose", action="store_true",
+                        help="Ray Tune's own output (trial tables, worker logs) instead of "
+                             "the progress display")
+
     def add_set(sp):
         sp.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="FIELD=VALUE", help="override a field, e.g. search.num_samples=8")
@@ -32,6 +37,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("file")
     run.add_argument("--address", help="Ray cluster: auto or HOST:PORT (default: embedded Ray)")
     run.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
+    add_verbose(run)
     add_set(run)
 
     val = sub.add_parser("validate", help="check an experiment file; start nothing")
@@ -41,6 +47,7 @@ def _parser() -> argparse.ArgumentParser:
     res = sub.add_parser("resume", help="finish an interrupted experiment")
     res.add_argument("experiment", help="a results folder, or a name under ./ray_results")
     res.add_argument("--address")
+    add_verbose(res)
 
     best = sub.add_parser("best", help="best config, metric and checkpoint of an experiment")
     best.add_argument("experiment")
@@ -51,6 +58,12 @@ def _parser() -> argparse.ArgumentParser:
     sync = sub.add_parser("mlflow-sync", help="backfill MLflow from an experiment's Ray "
                                                "results (after a tracking-server outage)")
     sync.add_argument("experiment", help="a results folder, or a name under ./ray_results")
+
+    rep = sub.add_parser("report", help="write an experiment's HTML report (curves, "
+                                        "hyperparameters, importance, rungs, PBT lineage)")
+    rep.add_argument("experiment", help="a results folder, or a name under ./ray_results")
+    rep.add_argument("--out", metavar="FILE.html",
+                     help="where to write it (default: <experiment folder>/report.html)")
 
     sub_ = sub.add_parser("submit", help="run an experiment file as a Ray Job on a cluster")
     sub_.add_argument("file")
@@ -113,13 +126,24 @@ def _run(args) -> int:
     from raytune_suite.engine.runner import run_experiment
 
     return _print_outcome(run_experiment(spec, raw, address=args.address,
-                                         use_mlflow=not args.no_mlflow))
+                                         use_mlflow=not args.no_mlflow,
+                                         progress=_progress(args), source=args.file))
 
 
 def _resume(args) -> int:
     from raytune_suite.engine.runner import resume_experiment
 
-    return _print_outcome(resume_experiment(args.experiment, address=args.address))
+    return _print_outcome(resume_experiment(args.experiment, address=args.address,
+                                            progress=_progress(args)))
+
+
+def _progress(args):
+    """The console display of a search, or None for Ray's own output (--verbose)."""
+    if args.verbose:
+        return None
+    from raytune_suite.report.console import console_callbacks
+
+    return console_callbacks
 
 
 def _print_outcome(outcome) -> int:
@@ -141,10 +165,13 @@ def _print_outcome(outcome) -> int:
         p = outcome.pbt
         print(f"pbt:     {p['exploits']} exploits ({p['retrained']} epochs retrained), "
               f"{p['skipped']} skipped for want of a recent donor checkpoint")
+    report = _write_report(outcome)
     print(f"\nresults: {outcome.path}")
+    if report:
+        print(f"report:  {report}")
     print(f"best:    raytune-suite best {outcome.path}")
     if outcome.tracking_uri:
-        print(f"mlflow:  {mlflow_hint(outcome.tracking_uri)}")
+        print(f"mlflow:  {mlflow_hint(outcome.tracking_uri, outcome.path)}")
     if outcome.mlflow_offline:
         print(f"warning: MLflow missed part of this search ({outcome.mlflow_offline}); once "
               f"it is back: raytune-suite mlflow-sync {outcome.path}", file=sys.stderr)
@@ -154,6 +181,32 @@ def _print_outcome(outcome) -> int:
               f"{outcome.path}` to retry them", file=sys.stderr)
         return EXIT_TRIALS_FAILED
     return 0
+
+
+def _write_report(outcome) -> Optional[str]:
+    """Write the experiment's HTML report into its folder and log it to the search's
+    MLflow run; its path, or None (and one line saying why) if it could not be written."""
+    if "://" in outcome.spec.storage:
+        return None  # the report reads the experiment folder locally
+    from raytune_suite.engine.state import read_state
+    from raytune_suite.report.html import write_report
+
+    try:
+        path = write_report(outcome.path)
+    except Exception as e:  # noqa: BLE001 - the search's results matter more
+        print(f"warning: the HTML report was not written ({type(e).__name__}: {e}); try "
+              f"`raytune-suite report {outcome.path}`", file=sys.stderr)
+        return None
+    parent = read_state(outcome.path).get("parent_run_id")
+    if outcome.tracking_uri and parent and not outcome.mlflow_offline:
+        from raytune_suite import tracking
+
+        try:
+            tracking.log_report(outcome.tracking_uri, parent, path)
+        except Exception as e:  # noqa: BLE001 - the file is written all the same
+            print(f"warning: the report did not reach MLflow ({tracking.short_reason(e)})",
+                  file=sys.stderr)
+    return str(path)
 
 
 def _best(args) -> int:
@@ -206,6 +259,13 @@ def _mlflow_sync(args) -> int:
     return 0
 
 
+def _report(args) -> int:
+    from raytune_suite.report.html import write_report
+
+    print(write_report(args.experiment, args.out))
+    return 0
+
+
 def _submit(args) -> int:
     from raytune_suite.jobs import submit
 
@@ -233,7 +293,7 @@ def _cluster(args) -> int:
 
 _COMMANDS = {"run": _run, "validate": _validate, "resume": _resume, "best": _best,
              "submit": _submit, "status": _status, "cluster": _cluster,
-             "mlflow-sync": _mlflow_sync}
+             "mlflow-sync": _mlflow_sync, "report": _report}
 
 
 if __name__ == "__main__":

@@ -103,3 +103,24 @@ def quiet_unreported_trials() -> None:
     analysis = logging.getLogger("ray.tune.analysis.experiment_analysis")
     if not any(isinstance(f, _NotReportedYet) for f in analysis.filters):
         analysis.addFilter(_NotReportedYet())
+
+
+class _TrialTracebacks(logging.Filter):
+    """Drops Ray's "Trial task failed for trial ..." record and its traceback: the
+    console display names the trial and its error.txt (which holds the traceback) in
+    one line instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Trial task failed for trial")
+
+
+_TRACEBACKS = _TrialTracebacks()
+
+
+def quiet_trial_tracebacks(quiet: bool = True) -> None:
+    """Hide (or show again) Ray's traceback of every failed trial attempt."""
+    controller = logging.getLogger("ray.tune.execution.tune_controller")
+    if quiet:
+        controller.addFilter(_TRACEBACKS)
+    else:
+        controller.removeFilter(_TRACEBACKS)

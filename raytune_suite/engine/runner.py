@@ -10,24 +10,28 @@ from collections import Counter
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import yaml
 
 from raytune_suite.engine import registry
-from raytune_suite.engine.logs import quiet_unreported_trials
+from raytune_suite.engine.checkpoints import frequent_snapshots
+from raytune_suite.engine.logs import quiet_trial_tracebacks, quiet_unreported_trials
 from raytune_suite.engine.outcomes import settle
 from raytune_suite.engine.state import (LOCK_FILE, SPEC_FILE, STATE_FILE, experiment_lock,
                                         has_ray_state, read_outcomes, read_state,
                                         record_outcomes, resolve_experiment,
                                         set_aside_lost_trials, update_state, write_state)
 from raytune_suite.engine.tuner import (build_tuner, check_storage, init_ray, shared_data,
+                                        show_progress,
                                         to_object_store, trainable, warn_sqlite_on_cluster)
 from raytune_suite.errors import Interrupted, SpecError
 from raytune_suite.experiment import ExperimentSpec, validate
 from raytune_suite.engine.results import TrialSummary, summarize
 
 logger = logging.getLogger(__name__)
+
+Progress = Callable[[ExperimentSpec], list]  # spec -> Tune callbacks that show the search
 
 __all__ = ["Outcome", "run_experiment", "resume_experiment", "load_outcome", "load_results",
            "resolve_experiment", "update_state", "init_ray"]
@@ -63,7 +67,8 @@ class Outcome:
 
 
 def run_experiment(spec: ExperimentSpec, raw: dict[str, Any], address: Optional[str] = None,
-                   use_mlflow: bool = True) -> Outcome:
+                   use_mlflow: bool = True, progress: Optional[Progress] = None,
+                   source: Optional[str] = None) -> Outcome:
     """Run a validated experiment to the end.
 
     Args:
@@ -71,6 +76,10 @@ def run_experiment(spec: ExperimentSpec, raw: dict[str, Any], address: Optional[
         raw: the mapping ``spec`` was built from; saved beside the results for resume.
         address: a Ray cluster (``auto``, ``HOST:PORT``); None starts embedded Ray.
         use_mlflow: log to MLflow (``tracking.mlflow.enabled`` must also be true).
+        progress: builds the Tune callbacks that show the search (a console display);
+            they replace Ray's own console output. None: Ray's trial tables.
+        source: the experiment file as the user wrote it (logged to MLflow with its
+            comments), if there is one.
     """
     registry.check(spec)  # what validates must run: Ray Tune's own checks, before anything
     path = Path(spec.experiment_path)
@@ -85,27 +94,29 @@ def run_experiment(spec: ExperimentSpec, raw: dict[str, Any], address: Optional[
 
         check_reachable(uri)
     data = shared_data(spec)
-    init_ray(address)
+    init_ray(address, log_to_driver=progress is None)
     check_storage(spec)
     warn_sqlite_on_cluster(uri)
     existed = path.exists()
     with experiment_lock(path) if local else nullcontext():
         if existed:
             _discard_unstarted(path)
-        return _start(spec, raw, path, {"tracking_uri": uri, "parent_run_id": None}, data)
+        return _start(spec, raw, path, {"tracking_uri": uri, "parent_run_id": None}, data,
+                      progress, source)
 
 
-def _start(spec: ExperimentSpec, raw: dict, path: Path, state: dict, data=None) -> Outcome:
+def _start(spec: ExperimentSpec, raw: dict, path: Path, state: dict, data=None,
+           progress: Optional[Progress] = None, source: Optional[str] = None) -> Outcome:
     """Start the search in ``path`` (new, or one that stopped before Ray saved state)."""
     path.mkdir(parents=True, exist_ok=True)
     (path / SPEC_FILE).write_text(yaml.safe_dump(raw, sort_keys=False))
     if state["tracking_uri"] and not state["parent_run_id"]:
-        state["parent_run_id"] = start_search_run(spec, state["tracking_uri"], path)
+        state["parent_run_id"] = start_search_run(spec, state["tracking_uri"], path, source)
     write_state(path, state)
     tuner = build_tuner(spec, _callbacks(spec, path, state), to_object_store(data))
     del data  # the object store holds it now; a driver copy would double its memory
     try:
-        return _fit_and_finish(spec, tuner, path, state)
+        return _fit_and_finish(spec, tuner, path, state, progress)
     except SpecError:
         # The trainable broke the experiment's contract (no metric): nothing worth
         # resuming was made; leave no folder behind that would block the fixed rerun.
@@ -148,15 +159,24 @@ def _empty(path: Path, keep: tuple = ()) -> None:
             shutil.rmtree(item) if item.is_dir() else item.unlink()
 
 
-def start_search_run(spec: ExperimentSpec, uri: str, path: Path) -> str:
-    """The MLflow run of the whole search (parent of the trial runs); returns its id."""
+def start_search_run(spec: ExperimentSpec, uri: str, path: Path,
+                     source: Optional[str] = None) -> str:
+    """The MLflow run of the whole search (parent of the trial runs); returns its id.
+    Its params: the searcher's and scheduler's settings, as the file gives them or by
+    default (``search.seed``, ``scheduler.grace_period``, ...)."""
     from raytune_suite import tracking
 
+    settings = {"search": spec.search.model_dump(),
+                "scheduler": spec.scheduler.model_dump(exclude={"hyperparam_mutations"}),
+                "resources": spec.resources.model_dump(), "stop": spec.stop.model_dump(),
+                "checkpoint": spec.checkpoint.model_dump(), "failure": spec.failure.model_dump()}
     return tracking.start_search_run(
         uri, spec.mlflow_experiment, f"{spec.name}-search", str(path), path / SPEC_FILE,
         params={"searcher": spec.search.algorithm, "scheduler": spec.scheduler.type,
                 "num_samples": spec.search.num_samples, "metric": spec.metric,
-                "mode": spec.mode, "trainable": spec.trainable})
+                "mode": spec.mode, "trainable": spec.trainable, **settings},
+        source=Path(source) if source else None, metric_name=spec.metric, mode=spec.mode,
+        searched=tracking.layout(spec).searched)
 
 
 def _callbacks(spec: ExperimentSpec, path: Path, state: dict) -> list:
@@ -167,12 +187,14 @@ def _callbacks(spec: ExperimentSpec, path: Path, state: dict) -> list:
     tracking.configure_client()
     return [tracking.TrialRunsCallback(state["tracking_uri"], spec.mlflow_experiment,
                                        state["parent_run_id"], spec.max_t, str(path),
-                                       spec.time_attr)]
+                                       spec.time_attr, tracking.layout(spec))]
 
 
-def resume_experiment(ref: str, address: Optional[str] = None) -> Outcome:
+def resume_experiment(ref: str, address: Optional[str] = None,
+                      progress: Optional[Progress] = None) -> Outcome:
     """Restore an interrupted experiment (``Tuner.restore``) and finish it. One that
-    stopped before Ray saved any state is started afresh from its saved file."""
+    stopped before Ray saved any state is started afresh from its saved file.
+    ``progress``: as for :func:`run_experiment`."""
     from ray import tune
 
     path = resolve_experiment(ref)
@@ -186,7 +208,7 @@ def resume_experiment(ref: str, address: Optional[str] = None) -> Outcome:
         if state["parent_run_id"]:
             _reopen_search_run(state)
         data = shared_data(spec)
-        init_ray(address)
+        init_ray(address, log_to_driver=progress is None)
         check_storage(spec)
         if not has_ray_state(path) or not tune.Tuner.can_restore(str(path)):
             # Killed in the first seconds: Ray would "restore" one trial with an empty
@@ -194,12 +216,12 @@ def resume_experiment(ref: str, address: Optional[str] = None) -> Outcome:
             print(f"note: Ray saved no state of {path} before it stopped; the search "
                   "starts from the beginning", file=sys.stderr)
             _empty(path, keep=(SPEC_FILE, STATE_FILE, LOCK_FILE))
-            return _start(spec, raw, path, state, data)
+            return _start(spec, raw, path, state, data, progress)
         quiet_unreported_trials()
         tuner = tune.Tuner.restore(str(path), trainable=trainable(spec, to_object_store(data)),
                                    resume_unfinished=True, resume_errored=True)
         del data
-        return _fit_and_finish(spec, tuner, path, state)
+        return _fit_and_finish(spec, tuner, path, state, progress)
 
 
 def _reopen_search_run(state: dict) -> None:
@@ -236,14 +258,18 @@ def _missing_metric_error(error: BaseException, spec: ExperimentSpec) -> Optiona
                                "tune.report(...) or change metric", found.group(1))
 
 
-def _fit_and_finish(spec: ExperimentSpec, tuner, path: Path, state: dict) -> Outcome:
+def _fit_and_finish(spec: ExperimentSpec, tuner, path: Path, state: dict,
+                    progress: Optional[Progress] = None) -> Outcome:
     quiet_unreported_trials()
+    console = show_progress(tuner, progress(spec)) if progress is not None else nullcontext()
+    quiet_trial_tracebacks(progress is not None)
     uri, parent = state.get("tracking_uri"), state.get("parent_run_id")
     stop_signal = _StopSignal()
     tune_logger = logging.getLogger("ray.tune.tune")
     tune_logger.addHandler(stop_signal)
     try:
-        results = tuner.fit()
+        with console, frequent_snapshots():
+            results = tuner.fit()
     except BaseException as e:
         if parent:
             _close_mlflow(uri, parent, {}, spec,
@@ -254,6 +280,7 @@ def _fit_and_finish(spec: ExperimentSpec, tuner, path: Path, state: dict) -> Out
         raise
     finally:
         tune_logger.removeHandler(stop_signal)
+        quiet_trial_tracebacks(False)
     ray_trials = results._experiment_analysis.trials
     trials = {t.trial_id: t for t in ray_trials}
     interrupted = stop_signal.seen
@@ -275,7 +302,7 @@ def _fit_and_finish(spec: ExperimentSpec, tuner, path: Path, state: dict) -> Out
         from raytune_suite import tracking
 
         try:
-            tracking.finish_search_run(uri, parent, outcome.best_record())
+            tracking.finish_search_run(uri, parent, outcome.best_record(), outcome=outcome)
         except Exception as e:  # noqa: BLE001 - the search itself succeeded
             outcome.mlflow_offline = tracking.short_reason(e)
     return outcome
@@ -360,9 +387,12 @@ def _tracking_uri(spec: ExperimentSpec) -> Optional[str]:
     return resolve_tracking_uri(spec.tracking.mlflow.tracking_uri)
 
 
-def mlflow_hint(uri: Optional[str]) -> str:
+def mlflow_hint(uri: Optional[str], path: Optional[str] = None) -> str:
+    """How to see the search in MLflow: the UI command (any folder) and the link to the
+    trial runs of the search in ``path``."""
     if not uri:
         return ""
-    from raytune_suite.tracking import ui_command
+    from raytune_suite.tracking import ui_hint
 
-    return ui_command(uri)
+    parent = read_state(Path(path)).get("parent_run_id") if path else None
+    return ui_hint(uri, parent)

@@ -3,11 +3,16 @@ runs on (embedded, or a cluster's)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 from pathlib import Path
 from typing import Optional
 
+from ray.tune.progress_reporter import ProgressReporter, TrialProgressCallback
+
 from raytune_suite.engine import registry
+from raytune_suite.engine.checkpoints import CheckpointRotation
 from raytune_suite.engine.logs import ProgressCsvLogger, ResultJsonLogger
 from raytune_suite.engine.outcomes import OutcomeCallback
 from raytune_suite.errors import SpecError, token_auth_error
@@ -83,7 +88,9 @@ def build_tuner(spec: ExperimentSpec, callbacks: list, data=None):
         trial_dirname_creator=trial_dirname,
     )
     storage = spec.storage if "://" in spec.storage else str(Path(spec.storage).resolve())
-    checkpoints = {"num_to_keep": spec.checkpoint.keep}
+    # No num_to_keep: Ray would force an experiment snapshot every `keep` checkpoints;
+    # CheckpointRotation keeps `keep` without that (see engine/checkpoints.py).
+    checkpoints = {}
     if is_class_trainable(resolve_trainable(spec.trainable)):
         # Ray drives a class trainable's checkpoints; a function trainable decides itself.
         checkpoints.update(checkpoint_frequency=spec.checkpoint.every, checkpoint_at_end=True)
@@ -95,11 +102,63 @@ def build_tuner(spec: ExperimentSpec, callbacks: list, data=None):
         failure_config=tune.FailureConfig(max_failures=spec.failure.max_failures),
         callbacks=[OutcomeCallback(spec.max_t, spec.time_attr,
                                    budget=bool(spec.stop.time_budget_s)), *callbacks,
-                   ResultJsonLogger(), ProgressCsvLogger()],
-        verbose=1,
+                   ResultJsonLogger(), ProgressCsvLogger(),
+                   CheckpointRotation(spec.checkpoint.keep)],
+        verbose=1,  # Ray's trial tables, unless show_progress() replaces them
     )
     return tune.Tuner(trainable(spec, data), param_space=parts.param_space,
                       tune_config=tune_config, run_config=run_config)
+
+
+def show_progress(tuner, callbacks: list):
+    """Show the search through ``callbacks`` (a console display) instead of Ray's own
+    output, in this process only. Returns the context to run ``fit`` in.
+
+    The Tuner's run config is pickled into the experiment folder when the Tuner is
+    built, and ``Tuner.restore`` reads it back from there: a display bound to this
+    process's terminal cannot travel that way, so it is attached to the built or
+    restored Tuner here. Ray's newer output engine prints its banner, "View detailed
+    results here", the last "Trial status" table and every trial error at any
+    verbosity; its older one (``RAY_AIR_NEW_OUTPUT=0``) prints nothing at verbosity 0
+    with a silent reporter, so ``fit`` runs under that one. A Tuner driven through Ray
+    Client has no local run config and keeps Ray's output."""
+    local = getattr(tuner, "_local_tuner", None)
+    if local is None:
+        return contextlib.nullcontext()
+    run_config = local.get_run_config()
+    # Ray adds its own per-trial printer unless one of this kind is among the callbacks.
+    run_config.callbacks = [_SilentTrialPrinter(), *(run_config.callbacks or []), *callbacks]
+    run_config.progress_reporter = _SilentReporter()
+    run_config.verbose = 0
+    return _older_output_engine()
+
+
+@contextlib.contextmanager
+def _older_output_engine():
+    old = os.environ.get("RAY_AIR_NEW_OUTPUT")
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("RAY_AIR_NEW_OUTPUT", None)
+        else:
+            os.environ["RAY_AIR_NEW_OUTPUT"] = old
+
+
+class _SilentTrialPrinter(TrialProgressCallback):
+    def _nothing(self, *args, **kwargs):
+        pass
+
+    on_trial_start = on_trial_result = on_trial_complete = on_trial_error = _nothing
+
+
+class _SilentReporter(ProgressReporter):
+    def should_report(self, trials, done: bool = False) -> bool:
+        return False
+
+    def report(self, trials, done: bool, *sys_info) -> None:
+        pass
 
 
 def trial_dirname(trial) -> str:
@@ -113,8 +172,10 @@ def quiet_worker_logs() -> None:
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
 
 
-def init_ray(address: Optional[str]) -> None:
-    """Connect to a cluster, or start embedded Ray with all local CPUs and GPUs."""
+def init_ray(address: Optional[str], log_to_driver: bool = True) -> None:
+    """Connect to a cluster, or start embedded Ray with all local CPUs and GPUs.
+    ``log_to_driver=False``: the trials' own stdout and stderr stay in Ray's log
+    files (a failed trial's traceback is in its error.txt either way)."""
     import ray
 
     if ray.is_initialized():
@@ -123,12 +184,12 @@ def init_ray(address: Optional[str]) -> None:
         # address="local": always a fresh embedded runtime, even when a `ray start` cluster
         # runs on this machine (plain ray.init() would silently join it).
         ray.init(address="local", logging_level=logging.WARNING, include_dashboard=False,
-                 runtime_env={"worker_process_setup_hook":
+                 log_to_driver=log_to_driver, runtime_env={"worker_process_setup_hook":
                               "raytune_suite.engine.tuner.quiet_worker_logs"})
         return
     try:
         # On a cluster the job's own runtime_env (if any) stays in charge.
-        ray.init(address=address, logging_level=logging.WARNING)
+        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=log_to_driver)
     except ConnectionError as e:
         raise SpecError("--address", f"no Ray cluster answered ({' '.join(str(e).split())[:160]}"
                                      "); start one with `ray start --head`, or leave --address "

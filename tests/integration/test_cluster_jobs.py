@@ -109,7 +109,8 @@ def test_no_wait_then_status(head, tmp_path):
 
 def test_run_with_address_auto_uses_the_cluster(head, tmp_path):
     proc = subprocess.run([*CLI, "run", str(EXPERIMENTS / "iris_grid.yaml"), "--address",
-                           "auto", "--set", "config.epochs=2", "--set", "scheduler.max_t=2",
+                           "auto", "--verbose",  # Ray's trial table shows the GPUs in use
+                           "--set", "config.epochs=2", "--set", "scheduler.max_t=2",
                            "--set", "resources.gpu=0.5"],
                           cwd=tmp_path, env=_token_env(head, RAY_ADDRESS=head["gcs"]),
                           capture_output=True, text=True, timeout=300)

@@ -169,4 +169,4 @@ def test_worker_node_loss_moves_trials_and_loses_nothing(two_cpu_workers, tmp_pa
     runs = mlflow_runs(tmp_path, "nodeloss")
     trials = runs[runs["tags.raytune_suite.role"] == "trial"]
     assert len(trials) == 4 and set(trials["status"]) == {"FINISHED"}
-    assert set(trials["metrics.epoch"]) == {float(epochs)}
+    assert set(trials["metrics.epochs_trained"]) == {float(epochs)}

@@ -2,13 +2,13 @@
 
 import json
 import os
+import re
 import subprocess
 import time
 
 import pytest
 
-from helpers import CLI, EXPERIMENTS, cli_env, mlflow_runs
-
+from helpers import CLI, EXPERIMENTS, cli_env, js_errors, mlflow_runs
 
 
 @pytest.fixture(scope="module")
@@ -20,11 +20,11 @@ def quickstart_run(tmp_path_factory):
     seconds = time.perf_counter() - t0
     print(f"quickstart took {seconds:.1f} s")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return cwd, proc.stdout, seconds
+    return cwd, proc.stdout, seconds, proc.stderr
 
 
 def test_quickstart_prints_leaderboard_and_mlflow_command(quickstart_run):
-    cwd, out, _ = quickstart_run
+    cwd, out, *_ = quickstart_run
     assert "top 5 by val_accuracy (max):" in out
     board = out[out.index("top 5 by val_accuracy"):].splitlines()
     assert board[1].split()[:4] == ["rank", "trial", "val_accuracy", "epochs"]
@@ -37,7 +37,7 @@ def test_quickstart_mlflow_has_one_run_per_trial_with_history(quickstart_run):
 
     from raytune_suite.experiment import load_spec
 
-    cwd, _, _ = quickstart_run
+    cwd, *_ = quickstart_run
     spec, _ = load_spec(EXPERIMENTS / "quickstart.yaml")
     uri = f"sqlite:///{cwd}/mlflow.db"
     runs = mlflow_runs(cwd, "quickstart")
@@ -67,10 +67,26 @@ def test_quickstart_mlflow_has_one_run_per_trial_with_history(quickstart_run):
     assert outcomes.get("completed") == len(epochs) - len(stopped)
     # Params are flattened, the conditional optimizer included.
     assert "params.optimizer/name" in trials and "params.lr" in trials
+    # Readable runs: ordinal and trial id first; MLflow sorts them as the leaderboard.
+    for _, t in trials.iterrows():
+        assert re.match(rf"\d\d {t['tags.ray.trial_id']} (adam|sgd) ", t["tags.mlflow.runName"])
+    by_rank = trials.sort_values("tags.rank")
+    assert list(by_rank["tags.rank"].astype(int)) == list(range(1, len(trials) + 1))
+    best = list(by_rank["metrics.best_val_accuracy"])
+    assert best == sorted(best, reverse=True) and best[0] == parent.iloc[0][
+        "metrics.best_val_accuracy"]
+    assert (trials["metrics.epochs_trained"] == epochs_by_run(trials, client)).all()
+    assert "metrics.epoch" not in trials and "metrics.time_this_iter_s" not in trials
+    assert "| rank | run | best val_accuracy | epochs | outcome |" in \
+        parent.iloc[0]["tags.mlflow.note.content"]
+
+
+def epochs_by_run(trials, client):
+    return [len(client.get_metric_history(r, "val_accuracy")) for r in trials["run_id"]]
 
 
 def test_best_reports_config_metric_and_checkpoint(quickstart_run):
-    cwd, _, _ = quickstart_run
+    cwd, *_ = quickstart_run
     proc = subprocess.run([*CLI, "best", "quickstart", "--json"], cwd=cwd, capture_output=True,
                           text=True, env=cli_env(), timeout=120)
     assert proc.returncode == 0, proc.stderr
@@ -85,7 +101,7 @@ def test_best_reports_config_metric_and_checkpoint(quickstart_run):
 
 
 def test_rerun_same_name_refuses_and_points_to_resume(quickstart_run):
-    cwd, _, _ = quickstart_run
+    cwd, *_ = quickstart_run
     proc = subprocess.run([*CLI, "run", str(EXPERIMENTS / "quickstart.yaml")], cwd=cwd,
                           capture_output=True, text=True, env=cli_env(), timeout=120)
     assert proc.returncode == 2
@@ -94,7 +110,7 @@ def test_rerun_same_name_refuses_and_points_to_resume(quickstart_run):
 
 
 def test_best_evaluate_scores_the_checkpoint_on_the_test_split(quickstart_run):
-    cwd, _, _ = quickstart_run
+    cwd, *_ = quickstart_run
     proc = subprocess.run([*CLI, "best", "quickstart", "--evaluate"], cwd=cwd,
                           capture_output=True, text=True, env=cli_env(), timeout=300)
     assert proc.returncode == 0, proc.stderr
@@ -104,3 +120,40 @@ def test_best_evaluate_scores_the_checkpoint_on_the_test_split(quickstart_run):
     assert 0.9 < accuracy <= 1.0
     assert "360 samples" in line  # digits: 20% of 1797, held out from training and tuning
     assert "macro avg" in out and "precision" in out  # sklearn's classification report
+
+
+def test_quickstart_console_is_short_and_ends_with_the_report(quickstart_run, browser,
+                                                               tmp_path):
+    """The whole console output (not a terminal) fits a screen or two: no Ray tables, no
+    snapshot warnings; the report it names is written, logged to MLflow and draws."""
+    from mlflow.tracking import MlflowClient
+    from selenium.webdriver.common.by import By
+
+    cwd, out, _, err = quickstart_run
+    console = out + err
+    assert len(console.splitlines()) <= 100, console
+    assert "Trial status" not in console and "│" not in console  # Ray's tables
+    assert "snapshotting" not in console and "Traceback" not in console
+    report = cwd / "ray_results" / "quickstart" / "report.html"
+    assert f"report:  {report}" in out.splitlines()
+    runs = mlflow_runs(cwd, "quickstart")
+    search = runs[runs["tags.raytune_suite.role"] == "search"].iloc[0]["run_id"]
+    artifacts = [a.path for a in MlflowClient(f"sqlite:///{cwd}/mlflow.db").list_artifacts(search)]
+    assert "report.html" in artifacts
+
+    js_errors(browser)  # forget earlier pages
+    browser.set_window_size(1600, 1200)
+    browser.get(report.as_uri())
+    charts = browser.find_elements(By.CSS_SELECTOR, "div.plotly-graph-div")
+    assert len(charts) >= 6
+    drawn = [c for c in charts if c.find_elements(By.CSS_SELECTOR, "svg.main-svg, canvas")]
+    assert len(drawn) == len(charts)
+    text = browser.find_element(By.TAG_NAME, "body").text
+    for name in ("lr", "batch_size", "dropout", "weight_decay", "optimizer"):
+        assert name in text
+    assert "fANOVA" in text and "test accuracy" in text
+    assert js_errors(browser) == []
+    height = browser.execute_script("return document.body.scrollHeight")
+    browser.set_window_size(1600, min(height + 100, 16000))
+    browser.save_screenshot(str(tmp_path / "quickstart-report.png"))
+    print("screenshot:", tmp_path / "quickstart-report.png")

@@ -106,7 +106,7 @@ def test_three_sigkills_then_resume_lose_nothing(tmp_path):
     assert len(trials) == SAMPLES and trials["tags.ray.trial_id"].nunique() == SAMPLES, why
     assert set(trials["tags.ray.trial_id"]) == set(final), why
     assert set(runs["status"]) == {"FINISHED"}, (why, runs[["status", "tags.ray.trial_id"]])
-    assert set(trials["metrics.epoch"]) == {float(EPOCHS)}, why
+    assert set(trials["metrics.epochs_trained"]) == {float(EPOCHS)}, why
     # A restored trial repeats the epochs after its checkpoint; MLflow holds each
     # (metric, step) once all the same.
     import mlflow

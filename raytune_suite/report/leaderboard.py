@@ -1,4 +1,4 @@
-"""What the user sees of a search: the leaderboard."""
+"""The leaderboard: the top trials as a plain-text table (the CLI, the report, MLflow)."""
 
 from __future__ import annotations
 

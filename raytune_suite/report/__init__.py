@@ -1,0 +1,9 @@
+"""What the user sees of a search: the leaderboard, the console progress, the HTML report.
+
+Modules here read the experiment's plain records (its folder, Ray's results, MLflow);
+nothing in engine/ or experiment/ imports them.
+"""
+
+from raytune_suite.report.leaderboard import leaderboard
+
+__all__ = ["leaderboard"]

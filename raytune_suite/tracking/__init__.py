@@ -1,0 +1,41 @@
+"""MLflow: one experiment per experiment file, a parent run for the search, one child
+run per trial, named and labelled so that the MLflow UI shows what the leaderboard shows.
+
+Everything is logged from the driver (Ray's ``MLflowLoggerCallback``), so workers never
+need access to the tracking store. ``TrialRunsCallback`` (which imports Ray) loads on
+first use.
+"""
+
+from raytune_suite.tracking._mlflow import (check_reachable, configure_client, flatten,
+                                            mlflow_client, param, resolve_tracking_uri,
+                                            short_reason)
+from raytune_suite.tracking._names import (SKIP_METRICS, Layout, layout,
+                                           result_metrics, run_name)
+from raytune_suite.tracking._runs import (EXPERIMENT_PATH_TAG, OUTCOME_TAG, ROLE_TAG,
+                                          STOP_REASON_TAG, TRIAL_ID_TAG, child_runs,
+                                          close_open_runs, close_trial_run, discard_search,
+                                          find_trial_run)
+from raytune_suite.tracking._search import (DESCRIPTION_TAG, EPOCHS_METRIC, EXPLOIT_TAG,
+                                            RANK_TAG, finish_search_run, leaderboard_csv,
+                                            leaderboard_markdown, log_report,
+                                            record_leaderboard, reopen_run,
+                                            start_search_run)
+from raytune_suite.tracking._ui import mlflow_executable, ui_command, ui_hint, ui_link
+
+__all__ = ["check_reachable", "configure_client", "flatten", "mlflow_client", "param",
+           "resolve_tracking_uri", "short_reason", "SKIP_METRICS", "Layout", "layout",
+           "result_metrics", "run_name", "EXPERIMENT_PATH_TAG", "OUTCOME_TAG",
+           "ROLE_TAG", "STOP_REASON_TAG", "TRIAL_ID_TAG", "child_runs", "close_open_runs",
+           "close_trial_run", "discard_search", "find_trial_run", "DESCRIPTION_TAG",
+           "EPOCHS_METRIC", "EXPLOIT_TAG", "RANK_TAG", "finish_search_run",
+           "leaderboard_csv", "leaderboard_markdown", "log_report", "record_leaderboard",
+           "reopen_run", "start_search_run", "mlflow_executable", "ui_command", "ui_hint",
+           "ui_link", "TrialRunsCallback"]
+
+
+def __getattr__(name: str):
+    if name == "TrialRunsCallback":
+        from raytune_suite.tracking._callback import TrialRunsCallback
+
+        return TrialRunsCallback
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
