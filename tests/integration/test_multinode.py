@@ -137,7 +137,9 @@ def test_worker_node_loss_moves_trials_and_loses_nothing(two_cpu_workers, tmp_pa
                 for p in Path("ray_results/nodeloss").glob("*/result.json")}
 
     deadline = time.monotonic() + 300
-    while max(epochs_done().values(), default=0) < 4:  # some trial has passed epoch 3
+    # All 4 trials have reported (a trial's result.json starts with its first result)
+    # and some trial has passed epoch 3.
+    while len(done := epochs_done()) < 4 or max(done.values()) < 4:
         assert driver.is_alive() and time.monotonic() < deadline
         time.sleep(0.1)
     at_loss = epochs_done()
