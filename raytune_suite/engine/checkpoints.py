@@ -205,15 +205,22 @@ def _checkpoints_named(state: dict) -> set[str]:
     return named
 
 
+def trial_checkpoints(trial) -> set[str]:
+    """The checkpoint paths a trial's bookkeeping names: its retained list and its latest
+    (which a PBT exploit or a restore may have set outside the list)."""
+    manager = trial.run_metadata.checkpoint_manager
+    named = {r.checkpoint.path for r in manager._checkpoint_results if r.checkpoint}
+    latest = manager.latest_checkpoint_result
+    if latest is not None and latest.checkpoint is not None:
+        named.add(latest.checkpoint.path)
+    return named
+
+
 def _delete_unnamed(trials: list, saved: set[str]) -> None:
     """Checkpoint folders that neither a trial's list nor the saved state names (left
     by a run killed before it could delete them)."""
     for trial in trials:
-        manager = trial.run_metadata.checkpoint_manager
-        named = {r.checkpoint.path for r in manager._checkpoint_results if r.checkpoint}
-        latest = manager.latest_checkpoint_result
-        if latest is not None and latest.checkpoint is not None:
-            named.add(latest.checkpoint.path)
+        named = trial_checkpoints(trial)
         try:
             fs, folder = trial.storage.storage_filesystem, trial.storage.trial_fs_path
         except Exception:  # noqa: BLE001 - a trial that never got a folder

@@ -48,6 +48,7 @@ from ray.tune.trainable import FunctionTrainable
 from ray.tune.utils.util import SafeFallbackEncoder
 
 from raytune_suite.engine import storage
+from raytune_suite.engine.checkpoints import trial_checkpoints
 from raytune_suite.engine.outcomes import _Recording
 
 logger = logging.getLogger(__name__)
@@ -258,11 +259,7 @@ def tidy_after_search(fs, experiment_fs_path: str, trials: list) -> None:
     exploits took that are no longer a trial's latest checkpoint."""
     storage.remove_folder(fs, Path(experiment_fs_path, DONORS_DIR).as_posix())
     for trial in trials:
-        manager = trial.run_metadata.checkpoint_manager
-        keep = {r.checkpoint.path for r in manager._checkpoint_results if r.checkpoint}
-        latest = manager.latest_checkpoint_result
-        if latest is not None and latest.checkpoint is not None:
-            keep.add(latest.checkpoint.path)
+        keep = trial_checkpoints(trial)
         for name in storage.list_folders(fs, trial.storage.trial_fs_path):
             path = Path(trial.storage.trial_fs_path, name).as_posix()
             if name.startswith(EXPLOIT_PREFIX) and path not in keep:
