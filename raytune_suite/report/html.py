@@ -87,7 +87,8 @@ def _summary(data: rd.ReportData):
             exclude={"algorithm"}, exclude_none=True))),
         ("scheduler", _settings(spec.scheduler.type, spec.scheduler.model_dump(
             exclude={"type", "hyperparam_mutations"}, exclude_none=True))),
-        ("wall time", _duration(wall) if wall is not None else "unknown"),
+        ("wall time", f"{_duration(wall)} (first trial start to last result)"
+         if wall is not None else "unknown"),
         ("trials", f"{len(data.trials)} of num_samples {spec.search.num_samples}"),
         ("trials by outcome", ", ".join(f"{n} {k.replace('_', ' ')}"
                                         for k, n in sorted(outcomes.items())) or "none"),
