@@ -114,13 +114,25 @@ class _TrialTracebacks(logging.Filter):
         return not record.getMessage().startswith("Trial task failed for trial")
 
 
+class _UnfinishedTrials(logging.Filter):
+    """Drops Ray's "Trials did not complete: [...]" at the end of a search: the console
+    has named each errored trial, and the summary counts them."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Trials did not complete")
+
+
 _TRACEBACKS = _TrialTracebacks()
+_UNFINISHED = _UnfinishedTrials()
 
 
 def quiet_trial_tracebacks(quiet: bool = True) -> None:
     """Hide (or show again) Ray's traceback of every failed trial attempt."""
     controller = logging.getLogger("ray.tune.execution.tune_controller")
+    tune = logging.getLogger("ray.tune.tune")
     if quiet:
         controller.addFilter(_TRACEBACKS)
+        tune.addFilter(_UNFINISHED)
     else:
         controller.removeFilter(_TRACEBACKS)
+        tune.removeFilter(_UNFINISHED)

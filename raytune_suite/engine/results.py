@@ -35,6 +35,10 @@ def summarize(results, spec, searched: list[str], outcomes: Optional[dict] = Non
     value of the metric come last, and so do diverged trials (a NaN or inf loss): their
     earlier epochs do not make a model anyone should pick."""
     metric, mode = spec.metric, spec.mode
+    # A trial that errored before its first result has no config in its Result; Ray's
+    # Trial has it.
+    analysis = getattr(results, "_experiment_analysis", None)
+    trial_configs = {t.trial_id: t.config for t in getattr(analysis, "trials", None) or []}
     rows = []
     for r in results:
         history = r.metrics_dataframe
@@ -51,9 +55,11 @@ def summarize(results, spec, searched: list[str], outcomes: Optional[dict] = Non
                 ckpt = pick(scored, key=lambda cm: cm[1])[0].path
             else:
                 ckpt = r.best_checkpoints[-1][0].path
+        trial_id = str(metrics.get("trial_id", r.path.rsplit("/", 1)[-1]))
+        config = r.config or trial_configs.get(trial_id) or {}
         rows.append(TrialSummary(
-            trial_id=str(metrics.get("trial_id", r.path.rsplit("/", 1)[-1])),
-            config={k: _get(r.config or {}, k) for k in searched},
+            trial_id=trial_id,
+            config={k: _get(config, k) for k in searched},
             best=best,
             epochs=int(metrics.get("training_iteration", 0)),
             status="ERROR" if r.error else "DIVERGED" if diverged else "TERMINATED",

@@ -264,3 +264,15 @@ def best_so_far(histories: dict[str, list[dict]], metric: str, mode: str
 def epochs_trained(histories: dict[str, list[dict]]) -> int:
     """Training iterations run, over all trials (PBT's retrained ones included)."""
     return sum(len(rows) for rows in histories.values())
+
+
+def planned_trials(spec) -> int:
+    """The trials the search sets out to run: ``num_samples`` times every grid point
+    (Ray repeats each ``grid`` combination ``num_samples`` times; the grid searcher
+    enumerates every ``choice`` as a grid too)."""
+    points = 1
+    for _, domain in spec.search_space.leaves():
+        if domain.kind == "grid" or (spec.search.algorithm == "grid"
+                                     and domain.kind == "choice"):
+            points *= max(1, len(domain.args))
+    return spec.search.num_samples * points

@@ -78,7 +78,11 @@ def _summary(data: rd.ReportData):
     spec = data.spec
     outcomes = Counter(t.outcome for t in data.trials)
     trained = rd.epochs_trained(data.histories)
-    budget = spec.search.num_samples * spec.max_t if spec.max_t else None
+    planned = rd.planned_trials(spec)
+    budget = planned * spec.max_t if spec.max_t else None
+    samples = spec.search.num_samples
+    grid = (f": num_samples {samples} × {planned // samples} grid points"
+            if planned != samples else "")
     wall = rd.wall_time(data.histories)
     facts = [
         ("trainable", spec.trainable),
@@ -89,11 +93,11 @@ def _summary(data: rd.ReportData):
             exclude={"type", "hyperparam_mutations"}, exclude_none=True))),
         ("wall time", f"{_duration(wall)} (first trial start to last result)"
          if wall is not None else "unknown"),
-        ("trials", f"{len(data.trials)} of num_samples {spec.search.num_samples}"),
+        ("trials", f"{len(data.trials)} of {planned}{grid}"),
         ("trials by outcome", ", ".join(f"{n} {k.replace('_', ' ')}"
                                         for k, n in sorted(outcomes.items())) or "none"),
-        ("epochs trained", f"{trained} of {budget} (num_samples {spec.search.num_samples} "
-                           f"× max_t {spec.max_t}), {trained / budget:.0%}" if budget else
+        ("epochs trained", f"{trained} of {budget} ({planned} trials{grid} × max_t "
+                           f"{spec.max_t}), {trained / budget:.0%}" if budget else
                            f"{trained} (no max_t: the trainable decides)"),
     ]
     if spec.time_attr != "training_iteration":

@@ -62,7 +62,7 @@ def test_output_is_short_with_no_ray_tables_or_snapshot_warnings(noisy):
     assert proc.returncode == 3, out[-4000:]  # the search ended; one trial errored
     assert len(out.splitlines()) <= 40, out
     for noise in ("Trial status", "View detailed results", "TensorBoard", "╭", "│",
-                  "snapshotting", "Traceback"):
+                  "snapshotting", "Traceback", "Trials did not complete"):
         assert noise not in out, (noise, out)
     assert "noisy: 4 trials, 1 errored" in proc.stdout
 

@@ -59,7 +59,7 @@ def test_report_of_a_classifier_asha_search(ray_local, in_tmp, capsys):
     assert "lr (log)" in page and "weight_decay (log)" in page  # log axes
     assert "test accuracy <b>" in page and "macro avg" in page  # as best --evaluate
     assert f"Trial <b>{outcome.best.trial_id}</b>" in page
-    assert "of 12 (num_samples 4 × max_t 3)" in page
+    assert "of 12 (4 trials × max_t 3)" in page
 
 
 def test_report_of_a_pbt_search_lists_every_exploit(ray_local, in_tmp, capsys):

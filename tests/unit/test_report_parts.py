@@ -259,7 +259,7 @@ def test_page_is_self_contained_escaped_and_has_every_section(tmp_path, user_tra
                     "Hyperparameter importance", "ASHA rungs"):
         assert f"<h2>{section}</h2>" in page
     assert "fANOVA" in page
-    assert "11 of 16 (num_samples 4 × max_t 4)" in page
+    assert "11 of 16 (4 trials × max_t 4)" in page
     assert "2 completed, 2 stopped early" in page
     assert "lr (log)" in page  # the parallel-coordinates axis
     board = page[page.index('id="leaderboard-table"'):]
@@ -299,3 +299,17 @@ def test_report_of_an_unknown_experiment_is_one_line(in_tmp, capsys):
     assert main(["report", "no-such-experiment"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: EXPERIMENT:") and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("algorithm, space, samples, planned", [
+    ("random", {"lr": {"loguniform": [1e-4, 1e-1]}}, 5, 5),
+    ("random", {"lr": {"grid": [0.1, 0.01]}, "batch_size": {"choice": [32, 64]}}, 3, 6),
+    ("grid", {"lr": {"grid": [0.1, 0.01, 0.001]}, "batch_size": {"choice": [32, 64]}}, 1, 6),
+    ("grid", {"optimizer": {"choice": ["adam", "sgd"]}, "dropout": {"grid": [0.1, 0.2]}},
+     2, 8),
+])
+def test_planned_trials_counts_grid_points(algorithm, space, samples, planned):
+    spec = validate({"name": "p", "trainable": "classifier", "search_space": space,
+                     "metric": "val_accuracy", "mode": "max",
+                     "search": {"algorithm": algorithm, "num_samples": samples}})
+    assert rd.planned_trials(spec) == planned
