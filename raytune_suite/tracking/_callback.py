@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import functools
 import logging
-from typing import Optional
+from typing import Any, Optional
 
 from ray.air.integrations.mlflow import MLflowLoggerCallback
 
 from raytune_suite.tracking._mlflow import flatten, mlflow_client, param, short_reason
 from raytune_suite.tracking._names import Layout, result_metrics, run_name
 from raytune_suite.tracking._runs import (ROLE_TAG, TRIAL_ID_TAG, close_trial_run,
-                                          find_trial_run)
+                                          child_runs)
 
 logger = logging.getLogger(__name__)
 
@@ -68,11 +68,14 @@ class TrialRunsCallback(MLflowLoggerCallback):
         self.experiment_path = experiment_path
         self.layout = layout or Layout()  # what names the runs; what PBT mutates
         self.offline: Optional[str] = None
-        self._params: dict[str, dict[str, str]] = {}
+        self._params: dict[str, dict[str, str]] = {}  # run -> params MLflow holds
+        self._pending: dict[str, list] = {}  # run -> params for its next request
         self._logged_through: dict[str, int] = {}  # run -> last step MLflow holds
+        self._known: Optional[dict[str, Any]] = None  # Ray trial id -> an earlier run
 
     def setup(self, *args, **kwargs):
         self._trial_runs = {}
+        self._known = None
         self._setup(*args, **kwargs)
 
     @_offline_safe
@@ -93,10 +96,17 @@ class TrialRunsCallback(MLflowLoggerCallback):
             update_state(self.experiment_path, mlflow_offline=self.offline)
 
     def _find_run(self, trial) -> Optional[str]:
-        run = find_trial_run(self._client, self.mlflow_util.experiment_id, trial.trial_id,
-                             full=True)
+        """The run an earlier driver made for this trial (a resumed search), if any. One
+        request per driver start: the search run's children, fetched at the first trial
+        start (none yet on a fresh search), with their params and last logged steps."""
+        if self._known is None:
+            parent = self.tags["mlflow.parentRunId"]
+            self._known = {r.data.tags.get(TRIAL_ID_TAG): r
+                           for r in child_runs(self._client, parent)}
+        run = self._known.pop(trial.trial_id, None)
         if run is None:
             return None
+        self._params[run.info.run_id] = dict(run.data.params)
         steps = [m.step for m in getattr(run.data, "_metric_objs", [])]
         if steps:
             self._logged_through[run.info.run_id] = max(steps)
@@ -118,13 +128,12 @@ class TrialRunsCallback(MLflowLoggerCallback):
         self._log_params(trial, run_id)
 
     def _log_params(self, trial, run_id: str) -> None:
-        """The trial's config as params, once (PBT's later values: ``config/`` metrics)."""
-        if run_id not in self._params:
-            self._params[run_id] = dict(self._client.get_run(run_id).data.params)
-        logged = self._params[run_id]
+        """The trial's config as params, once (PBT's later values: ``config/`` metrics),
+        sent with the run's next request (its first result, or its end)."""
+        logged = self._params.setdefault(run_id, {})
         new = [param(k, v) for k, v in flatten(trial.config).items() if k not in logged]
         if new:
-            self._client.log_batch(run_id, params=new)
+            self._pending.setdefault(run_id, []).extend(new)
         logged.update({p.key: p.value for p in new})
 
     @_offline_safe
@@ -134,8 +143,8 @@ class TrialRunsCallback(MLflowLoggerCallback):
         if step <= self._logged_through.get(run_id, 0):
             return  # logged before the driver stopped; the restored trial repeats it
         self._logged_through.pop(run_id, None)
-        self._client.log_batch(run_id, metrics=result_metrics(result, step,
-                                                              self.layout.mutated))
+        self._client.log_batch(run_id, params=self._pending.pop(run_id, []),
+                               metrics=result_metrics(result, step, self.layout.mutated))
 
     @_offline_safe
     def log_trial_end(self, trial, failed: bool = False):
@@ -143,4 +152,5 @@ class TrialRunsCallback(MLflowLoggerCallback):
         if run_id is None:
             return
         close_trial_run(self._client, run_id, trial.last_result, failed, self.max_t,
-                        trial.error_file if failed else None, self.time_attr)
+                        trial.error_file if failed else None, self.time_attr,
+                        params=self._pending.pop(run_id, []))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 from raytune_suite.tracking._mlflow import mlflow_client, tag
 
@@ -77,8 +77,10 @@ def close_open_runs(uri: str, parent_run_id: str, trials: dict, max_t: Optional[
 
 def close_trial_run(client, run_id: str, last_result: Optional[dict], failed: bool,
                     max_t: Optional[int], error_file: Optional[str] = None,
-                    time_attr: str = "training_iteration") -> str:
-    """Tag how a trial ended (and why, when it diverged or errored); end its run."""
+                    time_attr: str = "training_iteration", params: Sequence = ()) -> str:
+    """Tag how a trial ended (and why, when it diverged or errored); end its run.
+    ``params`` not logged yet (a trial that ended before its first result) go in the
+    same request as the tags."""
     from raytune_suite.engine.outcomes import recorded_outcome
 
     last_result = last_result or {}
@@ -89,6 +91,6 @@ def close_trial_run(client, run_id: str, last_result: Optional[dict], failed: bo
         tags.append(tag(STOP_REASON_TAG, last_result.get("stop_reason", "")))
     if failed and error_file and os.path.exists(error_file):
         tags.append(tag("error", Path(error_file).read_text()[-4000:]))
-    client.log_batch(run_id, tags=tags)
+    client.log_batch(run_id, params=list(params), tags=tags)
     client.set_terminated(run_id, status=status)
     return outcome
