@@ -31,7 +31,7 @@ def evaluate_checkpoint(path: str | Path) -> dict[str, Any]:
     if len(data.y_test) == 0:
         raise ValueError(f"checkpoint {path}: its data set has no test split "
                          "(test_fraction: 0)")
-    trainer = Trainer(cfg, data)
+    trainer = Trainer(cfg, data, train=False)
     ckpt.load_into(state, trainer.model)
     logits = trainer.predict(data.x_test)
     pred = logits.argmax(1).cpu().numpy()

@@ -89,14 +89,17 @@ def classification_metrics(logits: torch.Tensor, y: torch.Tensor,
 class Trainer:
     """One trial's model, optimizer, LR schedule, RNG and early-stopping state."""
 
-    def __init__(self, cfg: ClassifierConfig, data, device: torch.device | str = "cpu"):
+    def __init__(self, cfg: ClassifierConfig, data, device: torch.device | str = "cpu",
+                 train: bool = True):
         self.cfg, self.data = cfg, data
         self.device = torch.device(device)
         self.on_gpu = self.device.type == "cuda"
         self.model = build_model(cfg, data.input_shape, data.num_classes).to(self.device)
         if self.on_gpu and cfg.channels_last and len(data.input_shape) == 3:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.optimizer = make_optimizer(cfg, self.model.parameters())
+        # Only to score a checkpoint: no optimizer (torch's first one imports torch._dynamo,
+        # ~2 s on a CPU).
+        self.optimizer = make_optimizer(cfg, self.model.parameters()) if train else None
         self.generator = torch.Generator(device=self.device).manual_seed(cfg.seed)
         self.epoch = 0
         self.best_val_loss = math.inf
