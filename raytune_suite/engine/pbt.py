@@ -249,7 +249,13 @@ def _score(state) -> Optional[float]:
 
 
 def read_exploits(fs, experiment_fs_path: str) -> list[dict]:
-    """The records of ``pbt_exploits.jsonl`` (exploits and skipped exploits)."""
+    """The records of ``pbt_exploits.jsonl`` (exploits and skipped exploits); [] when
+    there is none. ``fs`` None: a folder on this machine."""
+    if fs is None:
+        import pyarrow.fs
+
+        fs, experiment_fs_path = pyarrow.fs.LocalFileSystem(), str(Path(experiment_fs_path)
+                                                                  .resolve())
     text = storage.read_text(fs, Path(experiment_fs_path, EXPLOITS_FILE).as_posix())
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 

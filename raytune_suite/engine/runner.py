@@ -286,9 +286,9 @@ def _fit_and_finish(spec: ExperimentSpec, tuner, path: Path, state: dict,
     interrupted = stop_signal.seen
     if "://" not in spec.storage:
         set_aside_lost_trials(path, {t.storage.trial_dir_name for t in ray_trials})
-    if not interrupted and "://" not in spec.storage:
-        record_outcomes(path, settle(ray_trials, spec.max_t, spec.time_attr,
-                                     budget=bool(spec.stop.time_budget_s)))
+        if not interrupted:
+            record_outcomes(path, settle(ray_trials, spec.max_t, spec.time_attr,
+                                         budget=bool(spec.stop.time_budget_s)))
     offline = read_state(path).get("mlflow_offline")  # set by the callback if MLflow failed
     if parent and not offline:
         offline = _close_mlflow(uri, parent, trials, spec, "KILLED" if interrupted else None)

@@ -7,7 +7,6 @@ those records (rungs, lineage, best so far, parameter scales), tested without Ra
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +14,6 @@ from typing import Any, Optional
 
 from raytune_suite.experiment.space import LOG_KINDS, Domain
 
-EXPLOITS_FILE = "pbt_exploits.jsonl"  # written by engine.pbt
 _ROW_KEYS = ("training_iteration", "timestamp", "time_this_iter_s", "time_total_s")
 
 
@@ -65,10 +63,9 @@ def history_rows(frame, metric: str) -> list[dict]:
 
 def read_exploit_records(path: str | Path) -> list[dict]:
     """The records of a PBT search's ``pbt_exploits.jsonl`` ([] for other searches)."""
-    file = Path(path) / EXPLOITS_FILE
-    if not file.is_file():
-        return []
-    return [json.loads(line) for line in file.read_text().splitlines() if line.strip()]
+    from raytune_suite.engine.pbt import read_exploits
+
+    return read_exploits(None, str(path))
 
 
 def _number(value: Any) -> Optional[float]:

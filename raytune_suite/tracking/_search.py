@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import tempfile
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -164,14 +163,12 @@ def leaderboard_csv(trials: list, metric_name: str,
 
 def read_exploits(experiment_path: str) -> dict[str, list[dict]]:
     """Receiver trial id -> its PBT exploits, in order (``pbt_exploits.jsonl``)."""
-    from raytune_suite.engine.pbt import EXPLOITS_FILE
+    from raytune_suite.engine.pbt import read_exploits as read_records
 
-    file = Path(experiment_path or ".", EXPLOITS_FILE)
-    if not experiment_path or "://" in experiment_path or not file.is_file():
+    if not experiment_path or "://" in experiment_path:
         return {}
     out: dict[str, list[dict]] = {}
-    for line in file.read_text().splitlines():
-        record = json.loads(line) if line.strip() else {}
+    for record in read_records(None, experiment_path):
         if record.get("event") == "exploit":
             out.setdefault(record["receiver"], []).append(record)
     return out
