@@ -62,3 +62,12 @@ def js_errors(driver) -> list[str]:
     """A page's JavaScript errors (SEVERE console entries) since the last call, from a
     selenium driver started with ``goog:loggingPrefs`` (tests/browser/conftest.py)."""
     return [e["message"] for e in driver.get_log("browser") if e.get("level") == "SEVERE"]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -5,7 +5,6 @@ outside the repository, serves the runs; the link opens the search's trial runs 
 import os
 import re
 import signal
-import socket
 import subprocess
 import textwrap
 import time
@@ -13,7 +12,7 @@ import urllib.request
 
 import pytest
 
-from helpers import CLI, cli_env, js_errors, mlflow_runs
+from helpers import CLI, cli_env, free_port, js_errors, mlflow_runs
 
 EXPERIMENT = textwrap.dedent("""
     # a tiny search: 3 trials, 2 epochs
@@ -31,12 +30,6 @@ EXPERIMENT = textwrap.dedent("""
 """)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
     cwd = tmp_path_factory.mktemp("uicheck")
@@ -52,7 +45,7 @@ def test_printed_command_and_link_show_the_trial_runs(finished_run, browser, tmp
     lines = out.splitlines()
     command = next(ln for ln in lines if ln.startswith("mlflow:")).split(None, 1)[1]
     link = next(ln for ln in lines if "then open " in ln).split()[-1]
-    port = _free_port()
+    port = free_port()
     command = command.replace("--port 5000", f"--port {port}")
     link = link.replace(":5000/", f":{port}/")
     names = set(mlflow_runs(cwd, "uicheck").query("`tags.raytune_suite.role` == 'trial'")

@@ -4,7 +4,6 @@ the Jobs API, connect with --address auto, and be refused without the token."""
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,13 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import CLI, EXPERIMENTS, cli_env, mlflow_runs
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from helpers import CLI, EXPERIMENTS, cli_env, free_port, mlflow_runs
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +20,7 @@ def head(tmp_path_factory):
     """A head node in its own process group and temp dir (so it never meets the
     embedded runtimes of other tests); killed as a group at the end."""
     token = secrets.token_hex(16)
-    gcs, dashboard = _free_port(), _free_port()
+    gcs, dashboard = free_port(), free_port()
     temp = tmp_path_factory.mktemp("head")
     env = dict(os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token)
     ray_bin = str(Path(sys.executable).with_name("ray"))

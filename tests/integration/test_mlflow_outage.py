@@ -4,14 +4,13 @@ error before Ray starts; a server that dies mid-run costs a warning, not the sea
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
 import time
 import urllib.request
 
-from helpers import CLI, cli_env
+from helpers import CLI, cli_env, free_port
 from raytune_suite.sync import sync_experiment
 
 EPOCHS = 6
@@ -27,12 +26,6 @@ EXPERIMENT = textwrap.dedent(f"""
     scheduler: {{type: fifo, max_t: {EPOCHS}}}
     checkpoint: {{every: 1, keep: 1}}
 """)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _start_server(workdir, port: int) -> subprocess.Popen:
@@ -61,7 +54,7 @@ def _stop_server(server: subprocess.Popen) -> None:
 
 def test_unreachable_server_is_an_error_before_ray_starts(tmp_path):
     (tmp_path / "exp.yaml").write_text(EXPERIMENT)
-    uri = f"http://127.0.0.1:{_free_port()}"
+    uri = f"http://127.0.0.1:{free_port()}"
     proc = subprocess.run([*CLI, "run", "exp.yaml", "--set",
                            f"tracking.mlflow.tracking_uri={uri}"],
                           cwd=tmp_path, env=cli_env(), capture_output=True, text=True,
@@ -78,7 +71,7 @@ def test_server_dies_mid_run_then_mlflow_sync_backfills(tmp_path):
     from mlflow.tracking import MlflowClient
 
     (tmp_path / "exp.yaml").write_text(EXPERIMENT)
-    port = _free_port()
+    port = free_port()
     uri = f"http://127.0.0.1:{port}"
     server = _start_server(tmp_path, port)
     results = tmp_path / "ray_results" / "outage"
