@@ -1,13 +1,17 @@
-"""P6 bookkeeping at scale: 1,000 short trials on a simulated 3-node cluster.
+"""P6 bookkeeping at scale: 1,000 short trials on a simulated 3-node cluster, the suite
+side by side with raw Ray Tune.
 
 A ``ray.cluster_utils.Cluster`` on this machine: a head and 2 worker nodes, each with
-``--node-cpus`` logical CPUs (4). The suite (``spec.validate`` +
-``runner.run_experiment(address=...)``) runs N trials of ``_trivial:trivial`` (R results
-each, no work, 1 CPU per trial, so 3 x 4 at a time), random search, FIFO, storage a local
-folder that every simulated node sees (``storage_shared: true``): once with MLflow off
-and once on (SQLite, logging into a store created before the timing starts), after an
-untimed warm-up run of one trial per CPU (the driver's first imports, the cluster's
-first use). The trials do no work, so everything measured is the driver's bookkeeping:
+``--node-cpus`` logical CPUs (4). On that one cluster, in one process and in this order:
+raw Ray Tune with actor reuse (``tune.Tuner(trivial, tune_config=TuneConfig(num_samples=N,
+reuse_actors=True))``, Ray's own result files and nothing else), then the suite
+(``spec.validate`` + ``runner.run_experiment(address=...)``) with MLflow off and on
+(SQLite, logging into a store created before the timing starts). Every side runs N trials
+of ``_trivial:trivial`` (R results each, no work, 1 CPU per trial, so 3 x 4 at a time;
+the suite: random search, FIFO, storage a local folder that every simulated node sees,
+``storage_shared: true``), after an untimed warm-up run of one trial per CPU (the
+driver's first imports, the cluster's first use). The trials do no work, so everything
+measured is the driver's bookkeeping:
 
 - throughput: trials/s and results/s over the whole run (N / wall, N x R / wall);
 - driver memory: this process's RSS (``/proc/self/status`` VmRSS) every 0.5 s, with the
@@ -15,8 +19,10 @@ first use). The trials do no work, so everything measured is the driver's bookke
   start, at the end, the peak, and the growth per 1,000 trials (least-squares slope over
   the second half of the run, after start-up);
 - MLflow: every ``MlflowClient`` method the driver calls is wrapped, for the run, in a
-  timer (the behaviour is unchanged; nested calls count once): calls per result, the
-  requests/s the store sustained, and the share of the run's wall time spent in them;
+  timer (the behaviour is unchanged; nested calls count once): requests per trial (to
+  create and end its run) and per result (``log_batch``), and which thread made them:
+  the writer thread (``tracking._writer``) during the search, or the driver's own
+  thread before and after it;
 - storage: bytes under the experiment folder per trial, and the size of Tune's experiment
   state file (``experiment_state-*.json``, rewritten whole at every snapshot) per trial.
 
@@ -26,7 +32,7 @@ nodes in BENCHMARKS.md is built on these figures.
 
     uv run python benchmarks/scale.py                    # 1,000 trials x 3 results; appends a row
     uv run python benchmarks/scale.py --trials 3000 --node-cpus 8
-    uv run python benchmarks/scale.py --smoke            # 12 trials, MLflow on only; prints only
+    uv run python benchmarks/scale.py --smoke            # 12 trials, raw and MLflow on; prints only
 """
 
 from __future__ import annotations
@@ -54,12 +60,16 @@ _common.add_repo_root_to_path()
 
 import raytune_suite  # noqa: E402,F401  (sets RAY_ENABLE_UV_RUN_RUNTIME_ENV=0 before Ray loads)
 
-HEADING = "P6 bookkeeping at scale"
-COLUMNS = ("date", "machine", "command", "setup", "MLflow off: trials/s, results/s",
-           "MLflow on: trials/s, results/s", "driver RSS (MB): start, end, peak; growth per "
-           "1,000 trials", "MLflow calls", "storage per trial")
+HEADING = "P6 bookkeeping at scale, side by side with raw Ray Tune"
+COLUMNS = ("date", "machine", "command", "setup", "raw Ray Tune, reuse_actors=True: "
+           "trials/s, results/s", "suite, MLflow off: trials/s, results/s",
+           "suite, MLflow on: trials/s, results/s", "suite MLflow on / raw (aim >= 1x)",
+           "driver RSS (MB): start, end, peak; growth per trial (aim < 0.2 MB)",
+           "MLflow requests", "storage per trial")
 MB = 1e6
 NODES = 3
+RAW, SUITE_OFF, SUITE_ON = "raw Ray Tune, reuse", "suite, MLflow off", "suite, MLflow on"
+WRITER_THREAD = "mlflow-writer"  # tracking._writer's thread
 
 
 def vm_rss() -> int:
@@ -112,6 +122,8 @@ class MlflowCalls:
 
     calls: collections.Counter = dataclasses.field(default_factory=collections.Counter)
     seconds: float = 0.0
+    driver_calls: int = 0  # made on the driver's own thread (not the writer's)
+    driver_seconds: float = 0.0
 
     @contextlib.contextmanager
     def timing(self) -> Iterator["MlflowCalls"]:
@@ -133,8 +145,12 @@ class MlflowCalls:
                 finally:
                     if outer:
                         depth.inside = False
-                        self.seconds += time.perf_counter() - start
+                        took = time.perf_counter() - start
+                        self.seconds += took
                         self.calls[name] += 1
+                        if threading.current_thread().name != WRITER_THREAD:
+                            self.driver_calls += 1
+                            self.driver_seconds += took
             return wrapper
 
         for name, fn in originals.items():
@@ -148,9 +164,9 @@ class MlflowCalls:
 
 @dataclasses.dataclass
 class Run:
-    """One run of the suite on the cluster."""
+    """One run (raw Ray Tune, or the suite) on the cluster."""
 
-    mlflow: bool
+    side: str
     trials: int
     results: int
     errors: int
@@ -162,7 +178,11 @@ class Run:
 
     @property
     def label(self) -> str:
-        return "MLflow on" if self.mlflow else "MLflow off"
+        return self.side
+
+    @property
+    def mlflow(self) -> bool:
+        return self.side == SUITE_ON
 
 
 def experiment(name: str, trials: int, reports: int, storage: str, mlflow_uri: str,
@@ -195,6 +215,7 @@ def run_once(name: str, trials: int, reports: int, address: str, storage: str,
     print(f"\n=== {name}: {trials} trials, MLflow {'on' if mlflow else 'off'}", flush=True)
     sampler = DriverSampler(raw["name"])
     calls = MlflowCalls()
+    side = SUITE_ON if mlflow else SUITE_OFF
     sampler.start()
     start = time.perf_counter()
     try:
@@ -208,8 +229,39 @@ def run_once(name: str, trials: int, reports: int, address: str, storage: str,
     path = Path(outcome.path)
     files = [p for p in path.rglob("*") if p.is_file()]
     state = [p for p in files if p.name.startswith("experiment_state")]
-    return Run(mlflow, len(outcome.trials), sum(t.epochs for t in outcome.trials),
+    return Run(side, len(outcome.trials), sum(t.epochs for t in outcome.trials),
                outcome.errors, seconds, sampler, calls, sum(p.stat().st_size for p in files),
+               max((p.stat().st_size for p in state), default=0))
+
+
+def run_raw(name: str, trials: int, reports: int, address: str, storage: str) -> Run:
+    """Raw Ray Tune with actor reuse on the cluster: the trainable, a param space,
+    ``reuse_actors=True``, Ray's own result files and nothing else."""
+    import ray
+    from ray import tune
+
+    from _trivial import trivial
+
+    print(f"\n=== {name}: {trials} trials, raw Ray Tune with reuse_actors=True", flush=True)
+    sampler = DriverSampler(name)
+    ray.init(address=address, logging_level="WARNING")
+    sampler.start()
+    start = time.perf_counter()
+    try:
+        grid = tune.Tuner(
+            trivial, param_space={"x": tune.uniform(0, 1), "reports": reports},
+            tune_config=tune.TuneConfig(num_samples=trials, reuse_actors=True),
+            run_config=tune.RunConfig(name=name, storage_path=storage, verbose=0)).fit()
+        seconds = time.perf_counter() - start
+    finally:
+        sampler.stopped.set()
+        sampler.join()
+        ray.shutdown()
+    files = [p for p in Path(storage, name).rglob("*") if p.is_file()]
+    state = [p for p in files if p.name.startswith("experiment_state")]
+    results = sum(int((r.metrics or {}).get("training_iteration", 0)) for r in grid)
+    return Run(RAW, len(grid), results, grid.num_errors, seconds, sampler, MlflowCalls(),
+               sum(p.stat().st_size for p in files),
                max((p.stat().st_size for p in state), default=0))
 
 
@@ -221,8 +273,10 @@ def memory_text(run: Run) -> str:
     rss = [r for _, _, r in run.sampler.samples]
     growth = run.sampler.growth_per_1000()
     growth_text = "n/a (too few samples)" if growth is None else f"{growth / MB:+,.1f} MB"
+    per_trial = "" if growth is None else \
+        f" = {growth / 1000 / MB:.3f} MB per trial ({_common.verdict(growth / 1000 < 0.2 * MB)})"
     return (f"{_mb(rss[0])}, {_mb(rss[-1])}, {_mb(max(rss))}; growth per 1,000 trials "
-            f"{growth_text}")
+            f"{growth_text}{per_trial}")
 
 
 def mlflow_text(run: Run) -> str:
@@ -230,11 +284,16 @@ def mlflow_text(run: Run) -> str:
     total = sum(calls.calls.values())
     if not total:
         return "none"
-    top = ", ".join(f"{name} {n}" for name, n in calls.calls.most_common(6))
-    return (f"{total} calls ({top}) = {total / run.results:.2f} per result, "
-            f"{total / run.trials:.1f} per trial; {calls.seconds:.1f} s in them = "
-            f"{calls.seconds / run.seconds:.0%} of the run; {total / calls.seconds:,.0f} "
-            "requests/s")
+    top = ", ".join(f"{name} {n}" for name, n in calls.calls.most_common(8))
+    fixed = calls.calls["create_run"] + calls.calls["set_terminated"] + calls.calls["update_run"]
+    writer = total - calls.driver_calls
+    return (f"{total} requests ({top}) = {total / run.trials:.2f} per trial: "
+            f"{fixed / run.trials:.2f} to create and end a run, "
+            f"{calls.calls['log_batch'] / run.results:.2f} log_batch per result; "
+            f"{writer} on the writer thread ({calls.seconds - calls.driver_seconds:.1f} s = "
+            f"{(calls.seconds - calls.driver_seconds) / run.seconds:.0%} of the run), "
+            f"{calls.driver_calls} on the driver's thread ({calls.driver_seconds:.1f} s, "
+            "before and after the search)")
 
 
 def print_report(runs: list[Run]) -> None:
@@ -247,11 +306,18 @@ def print_report(runs: list[Run]) -> None:
         print(f"  storage: {run.storage_bytes / run.trials / 1e3:,.1f} kB per trial; "
               f"experiment state {run.state_bytes / 1e3:,.0f} kB = "
               f"{run.state_bytes / run.trials / 1e3:.2f} kB per trial")
-    if len(runs) == 2:
-        off, on = runs
-        extra = (on.seconds - off.seconds) / on.trials
-        print(f"\nMLflow on costs {extra * 1000:+.0f} ms of wall time per trial "
-              f"({on.seconds / off.seconds:.2f}x the run without it)")
+    by = {r.side: r for r in runs}
+    if SUITE_ON in by and RAW in by:
+        print(f"\nsuite with MLflow on vs raw Ray Tune with reuse: {vs_raw(by)}")
+
+
+def rate(run: Run) -> str:
+    return f"{run.trials / run.seconds:.1f}, {run.results / run.seconds:.1f} ({run.seconds:.0f} s)"
+
+
+def vs_raw(by: dict) -> str:
+    ratio = (by[SUITE_ON].trials / by[SUITE_ON].seconds) / (by[RAW].trials / by[RAW].seconds)
+    return f"{ratio:.2f}x the trials/s ({_common.verdict(ratio >= 1)}: >= 1x)"
 
 
 def start_cluster(node_cpus: int):
@@ -277,9 +343,12 @@ def run_on_cluster(args: argparse.Namespace, storage: str, mlflow_uri: str) -> l
         if not args.smoke:
             run_once("p6-warm-up", NODES * args.node_cpus, 1, cluster.address, storage,
                      mlflow_uri, True)
-        return [run_once(f"p6-scale-mlflow-{'on' if mlflow else 'off'}", args.trials,
-                         args.reports, cluster.address, storage, mlflow_uri, mlflow)
-                for mlflow in ((True,) if args.smoke else (False, True))]
+        runs = [run_raw("p6-raw-ray-tune", args.trials, args.reports, cluster.address,
+                        storage)]
+        for mlflow in ((True,) if args.smoke else (False, True)):
+            runs.append(run_once(f"p6-scale-mlflow-{'on' if mlflow else 'off'}", args.trials,
+                                 args.reports, cluster.address, storage, mlflow_uri, mlflow))
+        return runs
     finally:
         cluster.shutdown()
 
@@ -291,7 +360,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--reports", type=int, default=3, help="results each trial reports")
     p.add_argument("--node-cpus", type=int, default=4, help="logical CPUs of each node")
     p.add_argument("--smoke", action="store_true",
-                   help="12 trials, 1 CPU per node, MLflow on only, no warm-up: checks "
+                   help="12 trials, 1 CPU per node, raw Ray Tune and the suite with MLflow on, no warm-up: checks "
                         "that it runs, prints, records nothing")
     args = p.parse_args(argv)
     if args.smoke:
@@ -325,15 +394,15 @@ def main(argv: Optional[list[str]] = None) -> int:
                 or r.results != args.trials * args.reports]
     if not _common.report_end(started, problems, args.smoke):
         return 1 if problems else 0
-    off, on = runs
+    by = {r.side: r for r in runs}
+    raw, off, on = by[RAW], by[SUITE_OFF], by[SUITE_ON]
     cells = [_common.utc_now(), where, f"`{_common.command()}`",
              f"{NODES} simulated nodes x {args.node_cpus} CPUs ({NODES * args.node_cpus} "
              f"trials at once); {args.trials} trials x {args.reports} results, no work; "
-             "storage_shared local folder; MLflow SQLite",
-             f"{off.trials / off.seconds:.1f}, {off.results / off.seconds:.1f} "
-             f"({off.seconds:.0f} s)",
-             f"{on.trials / on.seconds:.1f}, {on.results / on.seconds:.1f} ({on.seconds:.0f} s)",
-             f"off: {memory_text(off)}; on: {memory_text(on)}",
+             "one process, one cluster, sides in this order; storage a local folder; "
+             "MLflow SQLite",
+             rate(raw), rate(off), rate(on), vs_raw(by),
+             f"raw: {memory_text(raw)}; off: {memory_text(off)}; on: {memory_text(on)}",
              mlflow_text(on),
              f"{on.storage_bytes / on.trials / 1e3:,.1f} kB (MLflow on); experiment state "
              f"{on.state_bytes / on.trials / 1e3:.2f} kB per trial"]

@@ -185,9 +185,9 @@ def _callbacks(spec: ExperimentSpec, path: Path, state: dict) -> list:
     from raytune_suite import tracking
 
     tracking.configure_client()
-    return [tracking.TrialRunsCallback(state["tracking_uri"], spec.mlflow_experiment,
-                                       state["parent_run_id"], spec.max_t, str(path),
-                                       spec.time_attr, tracking.layout(spec))]
+    return [tracking.TrialRunsCallback(state["tracking_uri"], state["parent_run_id"],
+                                       spec.max_t, str(path), spec.time_attr,
+                                       tracking.layout(spec), spec.metric, spec.mode)]
 
 
 def resume_experiment(ref: str, address: Optional[str] = None,
@@ -217,6 +217,8 @@ def resume_experiment(ref: str, address: Optional[str] = None,
                   "starts from the beginning", file=sys.stderr)
             _empty(path, keep=(SPEC_FILE, STATE_FILE, LOCK_FILE))
             return _start(spec, raw, path, state, data, progress)
+        if state["parent_run_id"] and "://" not in spec.storage:
+            _backfill_mlflow(spec, path, state)
         quiet_unreported_trials()
         tuner = tune.Tuner.restore(str(path), trainable=trainable(spec, to_object_store(data)),
                                    resume_unfinished=True, resume_errored=True)
@@ -236,6 +238,23 @@ def _reopen_search_run(state: dict) -> None:
                         f"({tracking.short_reason(e)}); start the server, or resume "
                         "and backfill later with `raytune-suite mlflow-sync`",
                         state["tracking_uri"]) from None
+
+
+def _backfill_mlflow(spec: ExperimentSpec, path: Path, state: dict) -> None:
+    """Write what the stopped driver had not yet written to MLflow (its writer's queue
+    dies with it) from Ray's result files, before the restored search logs more."""
+    from raytune_suite import tracking
+
+    try:
+        created, logged = tracking.backfill_runs(state["tracking_uri"], state["parent_run_id"],
+                                                 str(path), tracking.layout(spec))
+    except Exception as e:  # noqa: BLE001 - resuming matters more than the log
+        logger.warning("MLflow was not backfilled (%s); run raytune-suite mlflow-sync %s "
+                       "when the search ends", tracking.short_reason(e), path)
+        return
+    if created or logged:
+        logger.info("MLflow backfilled from Ray's results: %d run(s) created, %d metric "
+                    "value(s) logged", created, logged)
 
 
 _NO_METRIC = re.compile(r"did not include the specified metric\(s\) `([^`]+)`.*?Result: (\{.*)",

@@ -1,20 +1,21 @@
 """MLflow: one experiment per experiment file, a parent run for the search, one child
 run per trial, named and labelled so that the MLflow UI shows what the leaderboard shows.
 
-Everything is logged from the driver (Ray's ``MLflowLoggerCallback``), so workers never
-need access to the tracking store. ``TrialRunsCallback`` (which imports Ray) loads on
-first use.
+Everything is logged from the driver, by a background writer thread (``_writer``), so
+workers never need access to the tracking store and the driver loop never waits on it.
+``TrialRunsCallback`` (which imports Ray) loads on first use.
 """
 
+from raytune_suite.tracking._backfill import backfill_runs
 from raytune_suite.tracking._mlflow import (check_reachable, configure_client, flatten,
-                                            mlflow_client, param, resolve_tracking_uri,
-                                            short_reason)
+                                            metric, mlflow_client, param,
+                                            resolve_tracking_uri, short_reason, tag)
 from raytune_suite.tracking._names import (SKIP_METRICS, Layout, layout,
                                            result_metrics, run_name)
 from raytune_suite.tracking._runs import (EXPERIMENT_PATH_TAG, OUTCOME_TAG, ROLE_TAG,
                                           STOP_REASON_TAG, TRIAL_ID_TAG, child_runs,
                                           close_open_runs, close_trial_run, discard_search,
-                                          find_trial_run)
+                                          end_tags, find_trial_run)
 from raytune_suite.tracking._search import (DESCRIPTION_TAG, EPOCHS_METRIC, EXPLOIT_TAG,
                                             RANK_TAG, finish_search_run, leaderboard_csv,
                                             leaderboard_markdown, log_report,
@@ -22,7 +23,7 @@ from raytune_suite.tracking._search import (DESCRIPTION_TAG, EPOCHS_METRIC, EXPL
                                             start_search_run)
 from raytune_suite.tracking._ui import mlflow_executable, ui_command, ui_hint, ui_link
 
-__all__ = ["check_reachable", "configure_client", "flatten", "mlflow_client", "param",
+__all__ = ["backfill_runs", "end_tags", "check_reachable", "configure_client", "flatten", "metric", "mlflow_client", "param", "tag",
            "resolve_tracking_uri", "short_reason", "SKIP_METRICS", "Layout", "layout",
            "result_metrics", "run_name", "EXPERIMENT_PATH_TAG", "OUTCOME_TAG",
            "ROLE_TAG", "STOP_REASON_TAG", "TRIAL_ID_TAG", "child_runs", "close_open_runs",

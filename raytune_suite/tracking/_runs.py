@@ -75,22 +75,29 @@ def close_open_runs(uri: str, parent_run_id: str, trials: dict, max_t: Optional[
             client.set_terminated(run.info.run_id, status=status)
 
 
-def close_trial_run(client, run_id: str, last_result: Optional[dict], failed: bool,
-                    max_t: Optional[int], error_file: Optional[str] = None,
-                    time_attr: str = "training_iteration", params: Sequence = ()) -> str:
-    """Tag how a trial ended (and why, when it diverged or errored); end its run.
-    ``params`` not logged yet (a trial that ended before its first result) go in the
-    same request as the tags."""
+def end_tags(last_result: Optional[dict], failed: bool, max_t: Optional[int],
+             error_file: Optional[str] = None,
+             time_attr: str = "training_iteration") -> tuple[str, list]:
+    """(outcome, tags) of a trial's end: the outcome, and why when it diverged or errored
+    (the end of its ``error.txt``)."""
     from raytune_suite.engine.outcomes import recorded_outcome
 
     last_result = last_result or {}
     outcome = recorded_outcome(last_result, failed, max_t, time_attr)
-    status = "FAILED" if outcome == "errored" else "FINISHED"
     tags = [tag(OUTCOME_TAG, outcome)]
     if outcome == "diverged":
         tags.append(tag(STOP_REASON_TAG, last_result.get("stop_reason", "")))
     if failed and error_file and os.path.exists(error_file):
         tags.append(tag("error", Path(error_file).read_text()[-4000:]))
+    return outcome, tags
+
+
+def close_trial_run(client, run_id: str, last_result: Optional[dict], failed: bool,
+                    max_t: Optional[int], error_file: Optional[str] = None,
+                    time_attr: str = "training_iteration", params: Sequence = ()) -> str:
+    """Tag how a trial ended (:func:`end_tags`); end its run. ``params`` not logged yet go
+    in the same request as the tags."""
+    outcome, tags = end_tags(last_result, failed, max_t, error_file, time_attr)
     client.log_batch(run_id, params=list(params), tags=tags)
-    client.set_terminated(run_id, status=status)
+    client.set_terminated(run_id, status="FAILED" if outcome == "errored" else "FINISHED")
     return outcome

@@ -1,11 +1,14 @@
 """The search run: its settings at the start; at the end the leaderboard (as its
 description and ``leaderboard.csv``) and, on every trial run, what sorts the runs as the
-leaderboard does (``best_<metric>``, ``epochs_trained``, the ``rank`` tag)."""
+leaderboard does (``best_<metric>`` and ``epochs_trained``, which the callback already
+logged with the trial's end when it saw all of its results; the ``rank`` tag on the
+leaderboard's top rows)."""
 
 from __future__ import annotations
 
 import csv
 import io
+import math
 import tempfile
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -21,6 +24,7 @@ EPOCHS_METRIC = "epochs_trained"
 EXPLOIT_TAG = "pbt.exploit"  # pbt.exploit.01, .02, ...: one per exploit of the trial
 DESCRIPTION_TAG = "mlflow.note.content"  # the run's description in the MLflow UI
 DESCRIPTION_ROWS = 20
+RANKED = DESCRIPTION_ROWS  # trials whose run gets the rank tag: the description's rows
 
 
 def start_search_run(uri: str, experiment: str, run_name: str, experiment_path: str,
@@ -85,7 +89,10 @@ def finish_search_run(uri: str, run_id: str, best: Optional[dict[str, Any]],
 
 def record_leaderboard(client, parent_run_id: str, trials: list, metric_name: str,
                        mode: str, experiment_path: str = "") -> None:
-    """Label every trial run as the leaderboard ranks it, and describe the search.
+    """Label the trial runs as the leaderboard ranks them, and describe the search: every
+    run gets the ``best_<metric>`` and ``epochs_trained`` the leaderboard shows (one
+    request for each run that lacks them), the top :data:`RANKED` the ``rank`` tag, and
+    PBT receivers a tag per exploit.
 
     Args:
         trials: ``engine.results.TrialSummary`` records, best first (``summarize``).
@@ -99,13 +106,18 @@ def record_leaderboard(client, parent_run_id: str, trials: list, metric_name: st
         if run is None:
             continue
         names[t.trial_id] = run.info.run_name
-        metrics = [metric(EPOCHS_METRIC, t.epochs, 0)]
-        if t.best is not None:
+        held = run.data.metrics
+        metrics = []  # what the callback logged at the trial's end, when it could not
+        if held.get(EPOCHS_METRIC) != t.epochs:
+            metrics.append(metric(EPOCHS_METRIC, t.epochs, 0))
+        if t.best is not None and not _same(held.get(f"best_{metric_name}"), t.best):
             metrics.append(metric(f"best_{metric_name}", t.best, 0))
-        tags = [tag(RANK_TAG, f"{rank:0{width}d}")]
+        tags = [tag(RANK_TAG, f"{rank:0{width}d}")] if rank <= RANKED else []
         for i, e in enumerate(exploits.get(t.trial_id, []), 1):
             tags.append(tag(f"{EXPLOIT_TAG}.{i:02d}", describe_exploit(e)))
-        client.log_batch(run.info.run_id, metrics=metrics, tags=tags)
+        tags = [x for x in tags if run.data.tags.get(x.key) != x.value]
+        if metrics or tags:
+            client.log_batch(run.info.run_id, metrics=metrics, tags=tags)
     client.log_batch(parent_run_id, tags=[
         tag(DESCRIPTION_TAG, leaderboard_markdown(trials, metric_name, mode, names))])
     with tempfile.TemporaryDirectory() as folder:
@@ -116,6 +128,10 @@ def record_leaderboard(client, parent_run_id: str, trials: list, metric_name: st
         experiment_id = next(iter(runs.values())).info.experiment_id
         params = list(dict.fromkeys(k for t in trials for k in flatten(t.config)))
         save_view(client, experiment_id, parent_run_id, metric_name, mode, params)
+
+
+def _same(held: Optional[float], value: float) -> bool:
+    return held is not None and math.isclose(held, value, rel_tol=1e-9, abs_tol=0.0)
 
 
 def _fmt(v: Any) -> str:

@@ -1,0 +1,225 @@
+"""The background MLflow writer and the resume backfill, against a real SQLite store (no
+Ray): order kept, requests merged, MLflow's batch limits, a full queue waits, retries,
+going offline once, a resumed search's runs found again, and Ray's results backfilled."""
+
+import json
+import threading
+import time
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from raytune_suite import tracking
+from raytune_suite.tracking import _writer
+from raytune_suite.tracking._writer import RunWriter
+
+
+@pytest.fixture(scope="module")
+def uri(tmp_path_factory):
+    """One SQLite store for the module (creating one takes seconds)."""
+    uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow')}/mlflow.db"
+    tracking.mlflow_client(uri).search_experiments()
+    return uri
+
+
+@pytest.fixture
+def parent(uri, request):
+    """A search run in an experiment of the test's own."""
+    client = tracking.mlflow_client(uri)
+    experiment = client.create_experiment(request.node.name)
+    return client.create_run(experiment, run_name="search").info.run_id
+
+
+class SlowClient(MlflowClient):
+    """The real client against the real store, each request delayed: a slow server."""
+
+    def __init__(self, uri, delay=0.3):
+        super().__init__(tracking_uri=uri)
+        self.delay = delay
+
+    def create_run(self, *args, **kwargs):
+        time.sleep(self.delay)
+        return super().create_run(*args, **kwargs)
+
+    def log_batch(self, *args, **kwargs):
+        time.sleep(self.delay)
+        return super().log_batch(*args, **kwargs)
+
+
+class FlakyClient(MlflowClient):
+    """The real client; its first ``fail`` log_batch requests fail as a dropped
+    connection does, before reaching the store."""
+
+    def __init__(self, uri, fail=1):
+        super().__init__(tracking_uri=uri)
+        self.fail = fail
+
+    def log_batch(self, *args, **kwargs):
+        if self.fail:
+            self.fail -= 1
+            raise ConnectionError("Connection reset by peer")
+        return super().log_batch(*args, **kwargs)
+
+
+def _trial(writer, key, steps, params=(("lr", 0.1),), status="FINISHED"):
+    tags = {"mlflow.parentRunId": writer.parent_run_id, tracking.TRIAL_ID_TAG: key}
+    writer.start(key, f"run {key}", tags, [tracking.param(k, v) for k, v in params])
+    for step in steps:
+        writer.log(key, step, [tracking.metric("acc", step / 10, step),
+                               tracking.metric("loss", 1 / step, step)])
+    writer.end(key, status, [tracking.metric("best_acc", max(steps) / 10, 0)],
+               [tracking.tag(tracking.OUTCOME_TAG, "completed")])
+
+
+def _runs(uri, parent):
+    client = tracking.mlflow_client(uri)
+    return {r.data.tags[tracking.TRIAL_ID_TAG]: r for r in tracking.child_runs(client, parent)}
+
+
+def _steps(uri, run, key="acc"):
+    history = tracking.mlflow_client(uri).get_metric_history(run.info.run_id, key)
+    return sorted(m.step for m in history)
+
+
+def test_events_queued_behind_a_slow_request_become_one_batch_per_run(uri, parent):
+    writer = RunWriter(uri, parent, client=SlowClient(uri))
+    _trial(writer, "a", [1, 2, 3])
+    _trial(writer, "b", [1, 2])
+    assert writer.close(timeout=30)
+    runs = _runs(uri, parent)
+    assert set(runs) == {"a", "b"}
+    for key, steps in (("a", [1, 2, 3]), ("b", [1, 2])):
+        run = runs[key]
+        assert _steps(uri, run) == steps and _steps(uri, run, "loss") == steps
+        assert run.data.params == {"lr": "0.1"}
+        assert run.data.tags[tracking.OUTCOME_TAG] == "completed"
+        assert run.data.metrics["best_acc"] == max(steps) / 10
+        assert run.info.status == "FINISHED" and run.info.run_name == f"run {key}"
+    # per trial: create, one log_batch (params, every result, the outcome), terminate
+    assert writer.requests == {"get_run": 1, "create_run": 2, "log_batch": 2,
+                               "set_terminated": 2}
+
+
+def test_order_is_kept_across_an_end_and_a_restart(uri, parent):
+    """An errored trial retried by Ray: FAILED, then RUNNING again, then more results."""
+    writer = RunWriter(uri, parent, client=SlowClient(uri, 0.1))
+    _trial(writer, "a", [1, 2], status="FAILED")
+    writer.start("a", "run a", {}, [tracking.param("lr", 0.1)])
+    writer.log("a", 3, [tracking.metric("acc", 0.3, 3)])
+    assert writer.flush(timeout=30)
+    run = _runs(uri, parent)["a"]
+    assert run.info.status == "RUNNING" and _steps(uri, run) == [1, 2, 3]
+    writer.end("a", "FINISHED")
+    assert writer.close(timeout=30)
+    assert _runs(uri, parent)["a"].info.status == "FINISHED"
+    assert writer.requests["update_run"] == 1 and writer.requests["create_run"] == 1
+
+
+def test_batches_respect_mlflows_limits(uri, parent):
+    writer = RunWriter(uri, parent)
+    writer.start("a", "run a", {tracking.TRIAL_ID_TAG: "a", "mlflow.parentRunId": parent},
+                 [tracking.param(f"p{i}", i) for i in range(150)])
+    writer.log("a", 1, [tracking.metric(f"m{i}", i, 1) for i in range(2500)],
+               tags=[tracking.tag(f"t{i}", i) for i in range(120)])
+    assert writer.close(timeout=60)
+    run = _runs(uri, parent)["a"]
+    assert len(run.data.params) == 150 and len(run.data.metrics) == 2500
+    assert len([k for k in run.data.tags if k.startswith("t")]) >= 120
+    assert writer.requests["log_batch"] == 3  # 2,770 entities, at most 1,000 each
+
+
+def test_a_full_queue_makes_the_loop_wait_and_loses_nothing(uri, parent):
+    writer = RunWriter(uri, parent, maxsize=2, client=SlowClient(uri, 0.05))
+    _trial(writer, "a", list(range(1, 21)))
+    assert writer.waited > 0
+    assert writer.close(timeout=60)
+    assert _steps(uri, _runs(uri, parent)["a"]) == list(range(1, 21))
+
+
+def test_a_failed_request_is_retried_once_written(uri, parent, monkeypatch):
+    monkeypatch.setattr(_writer, "RETRY_DELAYS", (0.01, 0.01))
+    offline = []
+    writer = RunWriter(uri, parent, client=FlakyClient(uri, fail=2), on_offline=offline.append)
+    _trial(writer, "a", [1, 2, 3])
+    assert writer.close(timeout=30)
+    assert not offline and writer.offline is None
+    assert _steps(uri, _runs(uri, parent)["a"]) == [1, 2, 3]
+    assert writer.requests["log_batch"] == 3  # two failures, then the batch
+
+
+def test_mlflow_down_goes_offline_once_and_drops_the_rest(uri, parent, monkeypatch):
+    monkeypatch.setattr(_writer, "RETRY_DELAYS", (0.01, 0.01))
+    offline = []
+    writer = RunWriter(uri, parent, client=FlakyClient(uri, fail=100), on_offline=offline.append)
+    for key in "abc":
+        _trial(writer, key, [1, 2])
+    assert writer.close(timeout=30)
+    assert len(offline) == 1 and writer.offline == "Connection reset by peer"
+    _trial(writer, "d", [1])  # after going offline: dropped, never blocks
+    assert writer.requests["log_batch"] == 3  # one request, tried three times
+
+
+def test_a_resumed_search_finds_its_runs_and_skips_steps_they_hold(uri, parent):
+    first = RunWriter(uri, parent)
+    _trial(first, "a", [1, 2])
+    first.start("b", "run b", {tracking.TRIAL_ID_TAG: "b",
+                               "mlflow.parentRunId": parent}, [tracking.param("lr", 0.1)])
+    first.log("b", 1, [tracking.metric("acc", 0.1, 1)])
+    assert first.close(timeout=30)
+    tracking.mlflow_client(uri).set_terminated(_runs(uri, parent)["b"].info.run_id, "KILLED")
+
+    second = RunWriter(uri, parent, resumed=True)
+    # b restored from its checkpoint of step 1 repeats nothing; c is new
+    second.start("b", "run b", {}, [tracking.param("lr", 0.1)])
+    for step in (1, 2, 3):
+        second.log("b", step, [tracking.metric("acc", step / 10, step)])
+    second.end("b", "FINISHED")
+    _trial(second, "c", [1])
+    assert second.close(timeout=30)
+    runs = _runs(uri, parent)
+    assert set(runs) == {"a", "b", "c"}
+    assert _steps(uri, runs["b"]) == [1, 2, 3] and runs["b"].info.status == "FINISHED"
+    assert second.requests["search_runs"] == 1  # one lookup for every trial
+    assert second.requests["create_run"] == 1  # c only
+
+
+def _write_results(folder, trial_id, steps, config):
+    trial_dir = folder / f"train_{trial_id}_0_lr=0.1"
+    trial_dir.mkdir(parents=True)
+    rows = [{"acc": s / 10, "training_iteration": s, "trial_id": trial_id,
+             "experiment_tag": "0_lr=0.1", "config": config} for s in steps]
+    (trial_dir / "result.json").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_backfill_writes_what_ray_has_and_mlflow_lacks(uri, parent, tmp_path):
+    """A driver killed with its writer behind: one run holds steps 1-2 of 4, another was
+    never created. Running the backfill twice writes everything exactly once."""
+    writer = RunWriter(uri, parent)
+    writer.start("a", "run a", {tracking.TRIAL_ID_TAG: "a", "mlflow.parentRunId": parent,
+                                tracking.ROLE_TAG: "trial"}, [])
+    writer.log("a", 1, [tracking.metric("acc", 0.1, 1)], [tracking.param("lr", 0.1)])
+    writer.log("a", 2, [tracking.metric("acc", 0.2, 2)])
+    assert writer.close(timeout=30)
+    _write_results(tmp_path, "a", [1, 2, 3, 4], {"lr": 0.1})
+    _write_results(tmp_path, "b", [1, 2, 2, 3], {"lr": 0.2})  # b restored: 2 repeated
+    assert tracking.backfill_runs(uri, parent, str(tmp_path)) == (1, 5)
+    assert tracking.backfill_runs(uri, parent, str(tmp_path)) == (0, 0)
+    runs = _runs(uri, parent)
+    assert set(runs) == {"a", "b"}
+    assert _steps(uri, runs["a"]) == [1, 2, 3, 4] and _steps(uri, runs["b"]) == [1, 2, 3]
+    assert runs["b"].data.params == {"lr": "0.2"}
+    assert runs["b"].info.run_name.startswith("01 b") or "b" in runs["b"].info.run_name
+
+
+def test_the_loop_never_waits_on_a_slow_store(uri, parent):
+    """The loop's side of 40 results returns in well under one slow request."""
+    writer = RunWriter(uri, parent, client=SlowClient(uri, 0.5))
+    done = threading.Event()
+
+    def loop():
+        _trial(writer, "a", list(range(1, 41)))
+        done.set()
+
+    threading.Thread(target=loop).start()
+    assert done.wait(0.4)
+    assert writer.close(timeout=30)
