@@ -36,6 +36,7 @@ from raytune_suite.tracking._mlflow import short_reason
 logger = logging.getLogger(__name__)
 
 MAX_METRICS, MAX_PARAMS, MAX_TAGS = 1000, 100, 100  # MLflow's log_batch limits
+LINGER = 0.05  # seconds the writer waits after an event for more to merge with it
 RETRY_DELAYS = (1.0, 3.0)  # seconds before the 2nd and the 3rd try of a request
 PERMANENT = {"INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST", "PERMISSION_DENIED",
              "UNAUTHENTICATED"}  # MLflow error codes that a retry cannot fix
@@ -72,12 +73,15 @@ class RunWriter:
         on_offline: called once, from the writer thread, with the error that made it stop.
         maxsize: events the queue holds before the loop waits.
         client: an ``MlflowClient`` (made from ``uri`` when None).
+        linger: seconds to wait, once an event arrives, for more of them: a trial that
+            reports quickly then costs one ``log_batch`` for several results.
     """
 
     def __init__(self, uri: str, parent_run_id: str, resumed: bool = False,
                  on_offline: Optional[Callable[[BaseException], None]] = None,
-                 maxsize: int = 10_000, client=None):
+                 maxsize: int = 10_000, client=None, linger: float = LINGER):
         self.uri, self.parent_run_id, self.resumed = uri, parent_run_id, resumed
+        self.linger = linger
         self.on_offline = on_offline
         self.offline: Optional[str] = None
         self.requests: Counter = Counter()  # MLflow requests made, by method
@@ -138,7 +142,9 @@ class RunWriter:
     def _work(self) -> None:
         while True:
             items = [self._queue.get()]
-            while len(items) < 5000:  # what piled up while the last requests ran
+            if self.linger and not isinstance(items[0], _Flush) and items[0] is not _STOP:
+                time.sleep(self.linger)  # let a trial's next results join this request
+            while len(items) < 5000:  # what piled up meanwhile
                 try:
                     items.append(self._queue.get_nowait())
                 except queue.Empty:

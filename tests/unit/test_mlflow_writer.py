@@ -100,6 +100,16 @@ def test_events_queued_behind_a_slow_request_become_one_batch_per_run(uri, paren
                                "set_terminated": 2}
 
 
+def test_a_trial_that_reports_quickly_costs_three_requests(uri, parent):
+    """The writer lingers after an event, so a quick trial's results share one request."""
+    writer = RunWriter(uri, parent)
+    _trial(writer, "a", [1, 2, 3])
+    assert writer.close(timeout=30)
+    assert _steps(uri, _runs(uri, parent)["a"]) == [1, 2, 3]
+    assert writer.requests == {"get_run": 1, "create_run": 1, "log_batch": 1,
+                               "set_terminated": 1}
+
+
 def test_order_is_kept_across_an_end_and_a_restart(uri, parent):
     """An errored trial retried by Ray: FAILED, then RUNNING again, then more results."""
     writer = RunWriter(uri, parent, client=SlowClient(uri, 0.1))
