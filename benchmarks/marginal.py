@@ -156,10 +156,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     median = {k: statistics.median(v) for k, v in walls.items()}
     marginal = {side: (median[side, args.large] - median[side, args.small]) / extra * 1000
                 for side in (RAW, SUITE)}
-    if marginal[RAW] <= 0:
-        problems.append(f"raw Ray Tune's marginal cost came out {marginal[RAW]:.0f} ms: "
-                        "the machine was too busy to tell")
-    ratio = marginal[SUITE] / marginal[RAW] if marginal[RAW] > 0 else float("nan")
+    for side in (RAW, SUITE):
+        if marginal[side] <= 0:
+            problems.append(f"{side}: the marginal cost came out {marginal[side]:.0f} ms; "
+                            "the machine was too busy to tell")
+    ratio = marginal[SUITE] / marginal[RAW] if min(marginal.values()) > 0 else float("nan")
     for side in (RAW, SUITE):
         print(f"{side}: {args.small} trials {median[side, args.small]:.2f} s, {args.large} "
               f"trials {median[side, args.large]:.2f} s; marginal {marginal[side]:.0f} ms "

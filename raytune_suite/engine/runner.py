@@ -223,7 +223,7 @@ def resume_experiment(ref: str, address: Optional[str] = None,
         tuner = tune.Tuner.restore(str(path), trainable=trainable(spec, to_object_store(data)),
                                    resume_unfinished=True, resume_errored=True)
         del data
-        return _fit_and_finish(spec, tuner, path, state, progress)
+        return _fit_and_finish(spec, tuner, path, state, progress, restored=True)
 
 
 def _reopen_search_run(state: dict) -> None:
@@ -278,7 +278,7 @@ def _missing_metric_error(error: BaseException, spec: ExperimentSpec) -> Optiona
 
 
 def _fit_and_finish(spec: ExperimentSpec, tuner, path: Path, state: dict,
-                    progress: Optional[Progress] = None) -> Outcome:
+                    progress: Optional[Progress] = None, restored: bool = False) -> Outcome:
     quiet_unreported_trials()
     console = show_progress(tuner, progress(spec)) if progress is not None else nullcontext()
     quiet_trial_tracebacks(progress is not None)
@@ -309,7 +309,9 @@ def _fit_and_finish(spec: ExperimentSpec, tuner, path: Path, state: dict,
             record_outcomes(path, settle(ray_trials, spec.max_t, spec.time_attr,
                                          budget=bool(spec.stop.time_budget_s)))
     offline = read_state(path).get("mlflow_offline")  # set by the callback if MLflow failed
-    if parent and not offline:
+    if parent and not offline and (restored or interrupted):
+        # A search that ran to its end in one driver has every run closed by the callback's
+        # writer (flushed by now); runs left RUNNING or lost come only from a stop.
         offline = _close_mlflow(uri, parent, trials, spec, "KILLED" if interrupted else None)
     if interrupted:
         raise Interrupted(str(path))
