@@ -223,7 +223,7 @@ def resume_experiment(ref: str, address: Optional[str] = None,
         tuner = tune.Tuner.restore(str(path), trainable=trainable(spec, to_object_store(data)),
                                    resume_unfinished=True, resume_errored=True)
         del data
-        return _fit_and_finish(spec, tuner, path, state, progress, restored=True)
+        return _fit_and_finish(spec, tuner, path, state, progress)
 
 
 def _reopen_search_run(state: dict) -> None:
@@ -278,7 +278,7 @@ def _missing_metric_error(error: BaseException, spec: ExperimentSpec) -> Optiona
 
 
 def _fit_and_finish(spec: ExperimentSpec, tuner, path: Path, state: dict,
-                    progress: Optional[Progress] = None, restored: bool = False) -> Outcome:
+                    progress: Optional[Progress] = None) -> Outcome:
     quiet_unreported_trials()
     console = show_progress(tuner, progress(spec)) if progress is not None else nullcontext()
     quiet_trial_tracebacks(progress is not None)
@@ -309,9 +309,9 @@ def _fit_and_finish(spec: ExperimentSpec, tuner, path: Path, state: dict,
             record_outcomes(path, settle(ray_trials, spec.max_t, spec.time_attr,
                                          budget=bool(spec.stop.time_budget_s)))
     offline = read_state(path).get("mlflow_offline")  # set by the callback if MLflow failed
-    if parent and not offline and (restored or interrupted):
-        # A search that ran to its end in one driver has every run closed by the callback's
-        # writer (flushed by now); runs left RUNNING or lost come only from a stop.
+    if parent and not offline:
+        # Runs a stop left open: trials the time budget (or Ctrl-C) stopped get no end
+        # from Ray's callbacks; after a restore, runs of trials that ended before the crash.
         offline = _close_mlflow(uri, parent, trials, spec, "KILLED" if interrupted else None)
     if interrupted:
         raise Interrupted(str(path))

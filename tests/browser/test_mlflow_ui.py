@@ -67,7 +67,7 @@ def test_printed_command_and_link_show_the_trial_runs(finished_run, browser, tmp
             except OSError:
                 assert server.poll() is None, f"{command} exited ({server.returncode})"
                 assert time.monotonic() < deadline, "the MLflow UI did not answer in 180 s"
-                time.sleep(0.5)
+                time.sleep(0.2)
         js_errors(browser)  # forget earlier pages
         browser.get(link)
         deadline = time.monotonic() + 60
@@ -88,9 +88,7 @@ def test_printed_command_and_link_show_the_trial_runs(finished_run, browser, tmp
         errors = [e for e in js_errors(browser) if "users/current" not in e]
         assert errors == []
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
+        # A read-only UI over a SQLite file: nothing to shut down gracefully (SIGTERM
+        # costs its workers' ~3 s graceful stop).
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait()

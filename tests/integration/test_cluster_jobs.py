@@ -20,41 +20,65 @@ def head(tmp_path_factory):
     """A head node in its own process group and temp dir (so it never meets the
     embedded runtimes of other tests); killed as a group at the end."""
     token = secrets.token_hex(16)
-    gcs, dashboard = free_port(), free_port()
+    gcs, dashboard, agent = free_port(), free_port(), free_port()
     temp = tmp_path_factory.mktemp("head")
     env = dict(os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token)
     ray_bin = str(Path(sys.executable).with_name("ray"))
     proc = subprocess.Popen(
         [ray_bin, "start", "--head", "--block", f"--port={gcs}",
-         "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", "--num-cpus=2",
+         "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
+         f"--dashboard-agent-listen-port={agent}", "--num-cpus=2",
          "--num-gpus=2", f"--temp-dir={temp}", "--disable-usage-stats"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     url = f"http://127.0.0.1:{dashboard}"
     deadline = time.monotonic() + 120
-    while True:
-        try:
-            urllib.request.urlopen(f"{url}/api/version", timeout=2)
-            break
-        except urllib.error.HTTPError:
-            break  # 401: up, and demanding the token
-        except OSError:
-            assert proc.poll() is None, "ray start --head exited"
-            assert time.monotonic() < deadline, "the head's dashboard never answered"
-            time.sleep(0.5)
+    # The dashboard answers first; jobs are submitted through the head's dashboard
+    # agent, which the dashboard waits for only 10 s ("No available agent to submit
+    # job" on a loaded machine), so wait for both.
+    for endpoint, what in ((f"{url}/api/version", "dashboard"),
+                           (f"http://127.0.0.1:{agent}/api/local_raylet_healthz",
+                            "dashboard agent")):
+        while True:
+            try:
+                urllib.request.urlopen(endpoint, timeout=2)
+                break
+            except urllib.error.HTTPError:
+                break  # 401 (or any HTTP status): up, and demanding the token
+            except OSError:
+                assert proc.poll() is None, "ray start --head exited"
+                assert time.monotonic() < deadline, f"the head's {what} never answered"
+                time.sleep(0.2)
     yield {"url": url, "gcs": f"127.0.0.1:{gcs}", "token": token}
-    os.killpg(proc.pid, signal.SIGTERM)
+    # `ray start --block` ignores SIGTERM (it would wait out any timeout): kill the
+    # group at once; raylet, GCS and workers share it.
     try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        pass
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)  # raylet, GCS and workers share the group
+        os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
+    proc.wait()
 
 
 def _token_env(head, **extra):
     return cli_env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=head["token"], **extra)
+
+
+def _wait_for_job_end(head, job_id: str, timeout: float) -> None:
+    """Poll the Jobs REST API (with the token) until the job has ended."""
+    import json
+
+    request = urllib.request.Request(f"{head['url']}/api/jobs/{job_id}",
+                                     headers={"Authorization": f"Bearer {head['token']}"})
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                job = json.loads(response.read())
+        except OSError as e:  # a busy dashboard: look again
+            job = {"status": None, "error": repr(e)}
+        if job["status"] in ("SUCCEEDED", "FAILED", "STOPPED"):
+            return
+        assert time.monotonic() < deadline, job
+        time.sleep(0.5)
 
 
 SMALL = ["--set", "search.num_samples=4", "--set", "search.n_initial_points=2",
@@ -84,16 +108,11 @@ def test_no_wait_then_status(head, tmp_path):
     assert proc.returncode == 0, proc.stderr
     job_id = proc.stdout.split()[2]
     assert f"raytune-suite status {job_id} --address {head['url']}" in proc.stdout
-    deadline = time.monotonic() + 300
-    while True:
-        st = subprocess.run([*CLI, "status", job_id, "--address", head["url"]], cwd=tmp_path,
-                            env=_token_env(head), capture_output=True, text=True, timeout=60)
-        state = st.stdout.split()[1] if st.stdout else ""
-        if state in ("SUCCEEDED", "FAILED", "STOPPED"):
-            break
-        assert time.monotonic() < deadline, st.stdout + st.stderr
-        time.sleep(2)
-    assert state == "SUCCEEDED", st.stdout
+    _wait_for_job_end(head, job_id, timeout=300)  # cheaply: no CLI process per look
+    st = subprocess.run([*CLI, "status", job_id, "--address", head["url"]], cwd=tmp_path,
+                        env=_token_env(head), capture_output=True, text=True, timeout=60)
+    state = st.stdout.split()[1] if st.stdout else ""
+    assert state == "SUCCEEDED", st.stdout + st.stderr
     logs = subprocess.run([*CLI, "status", job_id, "--address", head["url"], "--logs"],
                           cwd=tmp_path, env=_token_env(head), capture_output=True, text=True,
                           timeout=60)

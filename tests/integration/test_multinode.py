@@ -28,22 +28,51 @@ PROBE = textwrap.dedent('''
 ''')
 
 
-@pytest.fixture
-def two_gpu_workers(no_ray, tmp_path, monkeypatch):
-    """Head with no CPUs (drives only) + 2 workers, each 4 CPUs and 1 logical GPU."""
+_GPU_CLUSTER = {}  # the cluster of `gpu_cluster` while it is up
+
+
+def _close_gpu_cluster() -> None:
+    import ray
+
+    ray.shutdown()
+    if _GPU_CLUSTER:
+        _GPU_CLUSTER.pop("cluster").shutdown()
+
+
+@pytest.fixture(scope="module")
+def gpu_cluster():
+    """Head with no CPUs (drives only) + 2 workers, each 4 CPUs and 1 logical GPU.
+
+    Started once for the tests that only run trials on it (starting a cluster costs ~10
+    s); each test connects its own driver. Shut down at the end of the module, or
+    before a test that builds a cluster of its own."""
     import ray
     from ray.cluster_utils import Cluster
 
+    ray.shutdown()  # no embedded runtime beside it
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    workers = [cluster.add_node(num_cpus=4, num_gpus=1) for _ in range(2)]
+    _GPU_CLUSTER["cluster"] = cluster
+    yield cluster, workers
+    _close_gpu_cluster()
+
+
+@pytest.fixture
+def two_gpu_workers(gpu_cluster, tmp_path, monkeypatch):
+    """The shared cluster of `gpu_cluster`, with a driver of this test's own, started in
+    its tmp_path (where the trainable's module is: Ray gives workers the driver's
+    working directory) and disconnected at the end."""
+    import ray
+
+    cluster, workers = gpu_cluster
     (tmp_path / "probes.py").write_text(PROBE)
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.chdir(tmp_path)
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
-    workers = [cluster.add_node(num_cpus=4, num_gpus=1) for _ in range(2)]
+    ray.shutdown()
     ray.init(address=cluster.address)
     cluster.wait_for_nodes()
     yield cluster, workers
     ray.shutdown()
-    cluster.shutdown()
 
 
 def _spec(**extra):
@@ -95,6 +124,7 @@ def two_cpu_workers(no_ray, tmp_path, monkeypatch):
     import ray
     from ray.cluster_utils import Cluster
 
+    _close_gpu_cluster()  # this test kills a node: a cluster of its own, alone
     monkeypatch.chdir(tmp_path)
     cluster = Cluster(initialize_head=True, head_node_args={
         "num_cpus": 0, "_system_config": {"health_check_initial_delay_ms": 0,

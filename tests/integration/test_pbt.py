@@ -89,10 +89,14 @@ def test_every_exploit_takes_the_donors_weights_and_its_own_hyperparameters(ray_
                                                                             in_tmp):
     """Synchronous PBT (the bottom half exploits at every perturbation): the weights a
     trial starts from are the donor's, bit for bit, at the step of the exploit, and its
-    optimizer then runs at its *new* lr."""
+    optimizer then runs at its *new* lr.
+
+    Two trials: the worse one exploits the better at the perturbation, always. (Each
+    trial costs two worker processes here: synchronous PBT restarts every trial after a
+    perturbation, in a fresh process, since it cannot reuse actors.)"""
     spec, raw = load_spec(EXPERIMENTS / "digits_pbt.yaml", [
         "name=pbt-exploit", "config.model=mlp", "config.epochs=4", "scheduler.max_t=4",
-        "search.num_samples=4", "resources.cpu=0.5", "scheduler.quantile_fraction=0.5",
+        "search.num_samples=2", "resources.cpu=0.5", "scheduler.quantile_fraction=0.5",
         "checkpoint.keep=20", "search_space.lr={loguniform: [1.0e-4, 3.0e-1]}",
         "scheduler.synch=true"])
     outcome = run_experiment(spec, raw)

@@ -68,7 +68,10 @@ def test_report_of_a_pbt_search_lists_every_exploit(ray_local, in_tmp, capsys):
         "--set", "config.epochs=2", "--set", "scheduler.max_t=2",
         "--set", "scheduler.perturbation_interval=1", "--set", "scheduler.synch=true",
         "--set", "scheduler.quantile_fraction=0.5", "--set", "search.num_samples=4",
-        "--set", "checkpoint.every=1", "--set", "checkpoint.keep=4"], "rep-pbt")
+        "--set", "checkpoint.every=1", "--set", "checkpoint.keep=4",
+        # all four at once: synchronous PBT then never swaps trials in and out (each swap
+        # starts a fresh worker process) before its one perturbation
+        "--set", "resources.cpu=0.5"], "rep-pbt")
     _assert_common(folder, page, ["lr", "momentum", "batch_size"])
     records = [json.loads(line) for line in (folder / "pbt_exploits.jsonl").open()]
     made = [r for r in records if r["event"] == "exploit"]
