@@ -4,29 +4,18 @@ when Ray holds results MLflow does not; `raytune-suite resume` then leaves exact
 run per trial, holding every (metric, step) Ray recorded."""
 
 import http.client
-import textwrap
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from helpers import CLI, cli_env, free_port, kill_when, result_rows
-from test_mlflow_outage import _start_server, _stop_server
+from test_mlflow_outage import EPOCHS, _start_server, _stop_server
+from test_mlflow_outage import EXPERIMENT as OUTAGE_EXPERIMENT
 
 from raytune_suite import tracking
 
-EPOCHS = 6
-EXPERIMENT = textwrap.dedent(f"""
-    name: behind
-    trainable: classifier
-    config: {{dataset: digits, model: cnn, width: 0.5, epochs: {EPOCHS}}}
-    search_space:
-      lr: {{grid: [0.002, 0.005, 0.01, 0.02]}}
-    metric: val_accuracy
-    mode: max
-    search: {{algorithm: grid, max_concurrent: 2}}
-    scheduler: {{type: fifo, max_t: {EPOCHS}}}
-    checkpoint: {{every: 1, keep: 1}}
-""")
+# The outage test's search (4 grid trials of the digits CNN, 2 at a time), named apart.
+EXPERIMENT = OUTAGE_EXPERIMENT.replace("name: outage", "name: behind")
 
 
 class _Forward(BaseHTTPRequestHandler):
