@@ -360,8 +360,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--reports", type=int, default=3, help="results each trial reports")
     p.add_argument("--node-cpus", type=int, default=4, help="logical CPUs of each node")
     p.add_argument("--smoke", action="store_true",
-                   help="12 trials, 1 CPU per node, raw Ray Tune and the suite with MLflow on, no warm-up: checks "
-                        "that it runs, prints, records nothing")
+                   help="12 trials, 1 CPU per node, raw Ray Tune and the suite with MLflow "
+                        "on, no warm-up: checks that it runs, prints, records nothing")
     args = p.parse_args(argv)
     if args.smoke:
         args.trials, args.node_cpus = 12, 1
