@@ -12,7 +12,7 @@ The schedulers here are Ray's own, each noting on the trial when *it* stopped on
 :class:`OutcomeCallback` writes the outcome into the trial's last result (key
 ``outcome``) as the trial ends, for MLflow. Trials the time budget stops never reach a
 callback, so once ``fit`` returns the runner settles every finished trial's outcome
-(:func:`settle`) and keeps them in ``outcomes.json`` beside Ray's state, where ``best``,
+(:func:`settle`) and keeps them in ``outcomes.jsonl`` beside Ray's state, where ``best``,
 reports and ``mlflow-sync`` read them.
 """
 
@@ -52,7 +52,7 @@ def decide_outcome(last_result: Optional[dict], failed: bool, stopped_by_schedul
 def recorded_outcome(last_result: Optional[dict], failed: bool, max_t: Optional[int],
                      time_attr: str = "training_iteration", recorded: Optional[str] = None
                      ) -> str:
-    """The outcome the search recorded for a trial (``recorded``, from outcomes.json, or
+    """The outcome the search recorded for a trial (``recorded``, from outcomes.jsonl, or
     the one in its last result), or else the best inference from its last result."""
     last = last_result or {}
     if failed:

@@ -14,7 +14,7 @@ from typing import Any, Callable, Optional
 
 import yaml
 
-from raytune_suite.engine import registry
+from raytune_suite.engine import registry, storage
 from raytune_suite.engine.checkpoints import frequent_snapshots
 from raytune_suite.engine.logs import quiet_trial_tracebacks, quiet_unreported_trials
 from raytune_suite.engine.outcomes import settle
@@ -205,6 +205,8 @@ def resume_experiment(ref: str, address: Optional[str] = None,
         state = read_state(path)
         state.setdefault("tracking_uri", None)
         state.setdefault("parent_run_id", None)
+        write_state(path, state)  # new names before Ray copies the folder's .json (state.py)
+        record_outcomes(path, {})
         if state["parent_run_id"]:
             _reopen_search_run(state)
         data = shared_data(spec)
@@ -287,7 +289,7 @@ def _fit_and_finish(spec: ExperimentSpec, tuner, path: Path, state: dict,
     tune_logger = logging.getLogger("ray.tune.tune")
     tune_logger.addHandler(stop_signal)
     try:
-        with console, frequent_snapshots():
+        with console, frequent_snapshots(), storage.atomic_snapshot_uploads():
             results = tuner.fit()
     except BaseException as e:
         if parent:

@@ -1,6 +1,14 @@
 """The files that make a folder an experiment of the suite's: the experiment file as run
-(``raytune_suite.yaml``), the suite's own state (``raytune_suite.json``: tracking URI,
-parent MLflow run, gaps), and whether Ray Tune saved any state of its own yet."""
+(``raytune_suite.yaml``), the suite's own state (``raytune_suite.state``: tracking URI,
+parent MLflow run, gaps), how each trial ended (``outcomes.jsonl``), and whether Ray Tune
+saved any state of its own yet.
+
+None of the suite's files ends in ``.json`` or ``.pkl``: on ``Tuner.restore`` Ray copies
+every such file of the experiment folder into its driver staging folder and uploads the
+copies back at every snapshot, so a file of ours by such a name would be overwritten with
+its stale copy during a resumed search (and cut short by a kill mid-upload). Experiments
+made before keep ``raytune_suite.json`` / ``outcomes.json``; they are read, and replaced
+by the new names at the next write."""
 
 from __future__ import annotations
 
@@ -14,8 +22,9 @@ from typing import Any, Iterator
 from raytune_suite.errors import SpecError
 
 SPEC_FILE = "raytune_suite.yaml"  # the experiment file as run (after --set)
-STATE_FILE = "raytune_suite.json"  # tracking URI, parent run, whether MLflow has gaps
-OUTCOMES_FILE = "outcomes.json"  # trial id -> how it ended (engine.outcomes)
+STATE_FILE = "raytune_suite.state"  # JSON: tracking URI, parent run, whether MLflow has gaps
+OUTCOMES_FILE = "outcomes.jsonl"  # one JSON line per trial: how it ended (engine.outcomes)
+_OLD_STATE_FILE, _OLD_OUTCOMES_FILE = "raytune_suite.json", "outcomes.json"
 
 
 def resolve_experiment(ref: str, storage: str = "./ray_results") -> Path:
@@ -34,16 +43,25 @@ def has_ray_state(path: str | Path) -> bool:
 
 
 def read_state(path: str | Path) -> dict:
-    file = Path(path) / STATE_FILE
-    return json.loads(file.read_text()) if file.is_file() else {}
+    for name in (STATE_FILE, _OLD_STATE_FILE):
+        file = Path(path) / name
+        if file.is_file():
+            return json.loads(file.read_text())
+    return {}
+
+
+def _replace(path: Path, name: str, text: str, old_name: str) -> None:
+    """Write ``path/name`` atomically (a crash leaves the old file or the new one) and
+    remove the file it replaces under its old name."""
+    partial = path / f".{name}.partial"
+    partial.write_text(text)
+    partial.replace(path / name)
+    (path / old_name).unlink(missing_ok=True)
 
 
 def write_state(path: str | Path, state: dict) -> None:
-    """Replace the saved state (atomically: a crash leaves the old file or the new one)."""
-    path = Path(path)
-    partial = path / f".{STATE_FILE}.partial"
-    partial.write_text(json.dumps(state))
-    partial.replace(path / STATE_FILE)
+    """Replace the saved state."""
+    _replace(Path(path), STATE_FILE, json.dumps(state), _OLD_STATE_FILE)
 
 
 def update_state(path: str | Path, **changes: Any) -> None:
@@ -55,17 +73,21 @@ def update_state(path: str | Path, **changes: Any) -> None:
 
 
 def read_outcomes(path: str | Path) -> dict[str, str]:
+    """Trial id -> how it ended, for the trials the search has settled."""
     file = Path(path) / OUTCOMES_FILE
-    return json.loads(file.read_text()) if file.is_file() else {}
+    if file.is_file():
+        rows = (json.loads(line) for line in file.read_text().splitlines() if line.strip())
+        return {row["trial_id"]: row["outcome"] for row in rows}
+    old = Path(path) / _OLD_OUTCOMES_FILE
+    return json.loads(old.read_text()) if old.is_file() else {}
 
 
 def record_outcomes(path: str | Path, outcomes: dict[str, str]) -> None:
     """Add these trials' outcomes to the experiment's (a resume settles only its own)."""
-    path = Path(path)
     merged = {**read_outcomes(path), **outcomes}
-    partial = path / f".{OUTCOMES_FILE}.partial"
-    partial.write_text(json.dumps(merged, indent=0, sort_keys=True))
-    partial.replace(path / OUTCOMES_FILE)
+    text = "".join(json.dumps({"trial_id": k, "outcome": merged[k]}) + "\n"
+                   for k in sorted(merged))
+    _replace(Path(path), OUTCOMES_FILE, text, _OLD_OUTCOMES_FILE)
 
 
 LOCK_FILE = ".raytune_suite.lock"

@@ -1,8 +1,10 @@
 """Small file operations on Ray's storage (a local folder, NFS, or a pyarrow URI such as
-s3://): copy a checkpoint folder, append a line, remove a folder."""
+s3://): copy a checkpoint folder, append a line, remove a folder; and Ray's snapshot
+uploads made atomic on a local folder (:func:`atomic_snapshot_uploads`)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from pathlib import Path
@@ -76,3 +78,42 @@ def list_folders(fs, path: str) -> list[str]:
         return []
     infos = fs.get_file_info(pyarrow.fs.FileSelector(path))
     return [Path(i.path).name for i in infos if i.type == pyarrow.fs.FileType.Directory]
+
+
+@contextlib.contextmanager
+def atomic_snapshot_uploads():
+    """While ``Tuner.fit`` runs, Ray's uploads of its driver staging folder (experiment
+    state, searcher state, ``tuner.pkl``) to a local storage folder write each file
+    beside its target and rename it over the target, instead of rewriting the target in
+    place.
+
+    Ray uploads that folder at every snapshot, in a background thread, with pyarrow's
+    ``copy_files``, which truncates each target and then writes it: a driver killed
+    mid-upload leaves empty or cut files (``tuner.pkl`` of 0 bytes, a searcher state
+    of 0 bytes), and ``Tuner.restore`` then fails on them. With a rename a kill leaves
+    the old file or the new one. Remote storage (s3://, gs://) writes whole objects
+    and is left as it is."""
+    from ray.train._internal.storage import _FilesystemSyncer
+
+    original = _FilesystemSyncer._sync_up_command
+
+    def sync_up_command(self, local_path, uri, exclude=None):
+        if is_local(self.storage_filesystem) and not exclude and os.path.isdir(local_path):
+            return _upload_atomically, dict(local_path=local_path, fs_path=uri)
+        return original(self, local_path, uri, exclude)
+
+    _FilesystemSyncer._sync_up_command = sync_up_command
+    try:
+        yield
+    finally:
+        _FilesystemSyncer._sync_up_command = original
+
+
+def _upload_atomically(local_path: str, fs_path: str) -> None:
+    for root, _, files in os.walk(local_path):
+        target = os.path.join(fs_path, os.path.relpath(root, local_path))
+        os.makedirs(target, exist_ok=True)
+        for name in files:
+            partial = os.path.join(target, f".{name}.partial")
+            shutil.copyfile(os.path.join(root, name), partial)
+            os.replace(partial, os.path.join(target, name))
