@@ -120,21 +120,40 @@ def _validate(args) -> int:
 
 
 def _run(args) -> int:
+    from raytune_suite.engine import phases
     from raytune_suite.experiment import load_spec
 
+    phases.mark("imports")
     spec, raw = load_spec(args.file, args.overrides)
     from raytune_suite.engine.runner import run_experiment
 
-    return _print_outcome(run_experiment(spec, raw, address=args.address,
-                                         use_mlflow=not args.no_mlflow,
-                                         progress=_progress(args), source=args.file))
+    try:
+        return _print_outcome(run_experiment(spec, raw, address=args.address,
+                                             use_mlflow=not args.no_mlflow,
+                                             progress=_progress(args), source=args.file))
+    finally:
+        _print_phases(args)
 
 
 def _resume(args) -> int:
+    from raytune_suite.engine import phases
     from raytune_suite.engine.runner import resume_experiment
 
-    return _print_outcome(resume_experiment(args.experiment, address=args.address,
-                                            progress=_progress(args)))
+    phases.mark("imports")
+    try:
+        return _print_outcome(resume_experiment(args.experiment, address=args.address,
+                                                progress=_progress(args)))
+    finally:
+        _print_phases(args)
+
+
+def _print_phases(args) -> None:
+    """With --verbose: where the run's time went (``engine.phases``)."""
+    from raytune_suite.engine import phases
+
+    phases.mark("end")
+    if args.verbose and phases.line():
+        print(phases.line())
 
 
 def _progress(args):

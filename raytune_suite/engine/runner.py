@@ -14,7 +14,7 @@ from typing import Any, Callable, Optional
 
 import yaml
 
-from raytune_suite.engine import registry, storage
+from raytune_suite.engine import phases, registry, storage
 from raytune_suite.engine.checkpoints import frequent_snapshots
 from raytune_suite.engine.logs import quiet_trial_tracebacks, quiet_unreported_trials
 from raytune_suite.engine.outcomes import settle
@@ -82,6 +82,7 @@ def run_experiment(spec: ExperimentSpec, raw: dict[str, Any], address: Optional[
             comments), if there is one.
     """
     registry.check(spec)  # what validates must run: Ray Tune's own checks, before anything
+    phases.mark("file checked")
     path = Path(spec.experiment_path)
     local = "://" not in spec.storage
     if local and has_ray_state(path):
@@ -94,7 +95,9 @@ def run_experiment(spec: ExperimentSpec, raw: dict[str, Any], address: Optional[
 
         check_reachable(uri)
     data = shared_data(spec)
-    init_ray(address, log_to_driver=progress is None)
+    phases.mark("data loaded")
+    init_ray(address, log_to_driver=progress is None, spec=spec)
+    phases.mark("Ray started")
     check_storage(spec)
     warn_sqlite_on_cluster(uri)
     existed = path.exists()
@@ -112,8 +115,10 @@ def _start(spec: ExperimentSpec, raw: dict, path: Path, state: dict, data=None,
     (path / SPEC_FILE).write_text(yaml.safe_dump(raw, sort_keys=False))
     if state["tracking_uri"] and not state["parent_run_id"]:
         state["parent_run_id"] = start_search_run(spec, state["tracking_uri"], path, source)
+        phases.mark("MLflow search run")
     write_state(path, state)
     tuner = build_tuner(spec, _callbacks(spec, path, state), to_object_store(data))
+    phases.mark("search built")
     del data  # the object store holds it now; a driver copy would double its memory
     try:
         return _fit_and_finish(spec, tuner, path, state, progress)
@@ -210,7 +215,9 @@ def resume_experiment(ref: str, address: Optional[str] = None,
         if state["parent_run_id"]:
             _reopen_search_run(state)
         data = shared_data(spec)
-        init_ray(address, log_to_driver=progress is None)
+        phases.mark("data loaded")
+        init_ray(address, log_to_driver=progress is None, spec=spec)
+        phases.mark("Ray started")
         check_storage(spec)
         if not has_ray_state(path) or not tune.Tuner.can_restore(str(path)):
             # Killed in the first seconds: Ray would "restore" one trial with an empty
@@ -224,6 +231,7 @@ def resume_experiment(ref: str, address: Optional[str] = None,
         quiet_unreported_trials()
         tuner = tune.Tuner.restore(str(path), trainable=trainable(spec, to_object_store(data)),
                                    resume_unfinished=True, resume_errored=True)
+        phases.mark("search built")
         del data
         return _fit_and_finish(spec, tuner, path, state, progress)
 
@@ -291,6 +299,7 @@ def _fit_and_finish(spec: ExperimentSpec, tuner, path: Path, state: dict,
     try:
         with console, frequent_snapshots(), storage.atomic_snapshot_uploads():
             results = tuner.fit()
+        phases.mark("search done")
     except BaseException as e:
         if parent:
             _close_mlflow(uri, parent, {}, spec,

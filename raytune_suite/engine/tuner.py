@@ -9,9 +9,10 @@ import os
 from pathlib import Path
 from typing import Optional
 
+from ray.tune import Callback
 from ray.tune.progress_reporter import ProgressReporter, TrialProgressCallback
 
-from raytune_suite.engine import registry
+from raytune_suite.engine import phases, registry
 from raytune_suite.engine.checkpoints import CheckpointRotation
 from raytune_suite.engine.logs import ProgressCsvLogger, ResultJsonLogger
 from raytune_suite.engine.outcomes import OutcomeCallback
@@ -101,7 +102,8 @@ def build_tuner(spec: ExperimentSpec, callbacks: list, data=None):
         checkpoint_config=tune.CheckpointConfig(**checkpoints),
         failure_config=tune.FailureConfig(max_failures=spec.failure.max_failures),
         callbacks=[OutcomeCallback(spec.max_t, spec.time_attr,
-                                   budget=bool(spec.stop.time_budget_s)), *callbacks,
+                                   budget=bool(spec.stop.time_budget_s)), PhaseMarks(),
+                   *callbacks,
                    ResultJsonLogger(), ProgressCsvLogger(),
                    CheckpointRotation(spec.checkpoint.keep)],
         verbose=1,  # Ray's trial tables, unless show_progress() replaces them
@@ -166,14 +168,38 @@ def trial_dirname(trial) -> str:
     return f"{trial.trainable_name}_{trial.trial_id}"
 
 
+class PhaseMarks(Callback):
+    """Marks the first trial start and the first result (``engine.phases``)."""
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        phases.mark("first trial started")
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        phases.mark("first result")
+
+
 def quiet_worker_logs() -> None:
-    """Runs in every worker (``worker_process_setup_hook``): one INFO line per saved
-    checkpoint drowns the progress table, so Ray's storage logger keeps to warnings."""
-    logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
+    """As a ``worker_process_setup_hook`` (a runtime that is not the suite's own, e.g. the
+    tests' shared one): what ``engine.worker`` does in the suite's embedded workers."""
+    import raytune_suite.engine.worker  # noqa: F401
 
 
-def init_ray(address: Optional[str], log_to_driver: bool = True) -> None:
-    """Connect to a cluster, or start embedded Ray with all local CPUs and GPUs.
+WORKER_MODULE = "raytune_suite.engine.worker"  # imported by every embedded worker
+
+
+def worker_preloads(spec: Optional[ExperimentSpec]) -> list[str]:
+    """What the embedded runtime's workers import as they start: ``engine.worker``
+    always, and a built-in trainable's module (the classifier's imports torch: 2 to 5 s
+    of CPU) when the search trains it. A user's trainable is imported by its trials, as
+    Ray does it (it may be shipped by value, and need not be importable by name)."""
+    builtin = BUILTIN.get(spec.trainable) if spec is not None else None
+    return [WORKER_MODULE] + ([builtin.partition(":")[0]] if builtin else [])
+
+
+def init_ray(address: Optional[str], log_to_driver: bool = True,
+             spec: Optional[ExperimentSpec] = None) -> None:
+    """Connect to a cluster, or start embedded Ray with all local CPUs and GPUs, whose
+    workers import :func:`worker_preloads` while the driver builds the search.
     ``log_to_driver=False``: the trials' own stdout and stderr stay in Ray's log
     files (a failed trial's traceback is in its error.txt either way)."""
     import ray
@@ -184,8 +210,8 @@ def init_ray(address: Optional[str], log_to_driver: bool = True) -> None:
         # address="local": always a fresh embedded runtime, even when a `ray start` cluster
         # runs on this machine (plain ray.init() would silently join it).
         ray.init(address="local", logging_level=logging.WARNING, include_dashboard=False,
-                 log_to_driver=log_to_driver, runtime_env={"worker_process_setup_hook":
-                              "raytune_suite.engine.tuner.quiet_worker_logs"})
+                 log_to_driver=log_to_driver,
+                 _system_config={"preload_python_modules": worker_preloads(spec)})
         return
     try:
         # On a cluster the job's own runtime_env (if any) stays in charge.
