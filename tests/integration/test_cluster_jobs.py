@@ -20,14 +20,16 @@ def head(tmp_path_factory):
     """A head node in its own process group and temp dir (so it never meets the
     embedded runtimes of other tests); killed as a group at the end."""
     token = secrets.token_hex(16)
-    gcs, dashboard, agent = free_port(), free_port(), free_port()
+    gcs, dashboard, agent, client = free_port(), free_port(), free_port(), free_port()
     temp = tmp_path_factory.mktemp("head")
     env = dict(os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token)
     ray_bin = str(Path(sys.executable).with_name("ray"))
     proc = subprocess.Popen(
         [ray_bin, "start", "--head", "--block", f"--port={gcs}",
          "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
-         f"--dashboard-agent-listen-port={agent}", "--num-cpus=2",
+         f"--dashboard-agent-listen-port={agent}",
+         # not Ray Client's default 10001: `--block` exits if anything else holds it
+         f"--ray-client-server-port={client}", "--num-cpus=2",
          "--num-gpus=2", f"--temp-dir={temp}", "--disable-usage-stats"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     url = f"http://127.0.0.1:{dashboard}"

@@ -17,9 +17,21 @@ PROBE = textwrap.dedent('''
     from ray import tune
 
     def probe(config):
-        """Reports where it ran and which GPU Ray gave it, and holds it for a while."""
+        """Reports where it ran and which GPU Ray gave it, and holds it: until `together`
+        trials have started on that GPU or all `trials` have started (or `wait_s`
+        passed), then for `hold_s` more. So trials Ray lets share a GPU overlap even when
+        their worker processes start seconds apart (a loaded machine); trials it does
+        not let share one are never held together."""
         ctx = ray.get_runtime_context()
         start = time.time()
+        gpu = ctx.get_node_id() + "-" + ",".join(str(g) for g in ray.get_gpu_ids())
+        mine = os.path.join(config["started_dir"], gpu)
+        os.makedirs(mine, exist_ok=True)
+        open(os.path.join(mine, tune.get_context().get_trial_id()), "w").close()
+        while (len(os.listdir(mine)) < config["together"]
+               and sum(len(f) for _, _, f in os.walk(config["started_dir"])) < config["trials"]
+               and time.time() < start + config["wait_s"]):
+            time.sleep(0.05)
         time.sleep(config["hold_s"])
         tune.report({"score": config["x"], "start": start, "end": time.time(),
                      "node_id": ctx.get_node_id(),
@@ -78,7 +90,9 @@ def two_gpu_workers(gpu_cluster, tmp_path, monkeypatch):
 def _spec(**extra):
     return validate({
         "name": "packing", "trainable": "probes:probe",
-        "config": {"hold_s": 2.0},
+        # 1/0.25 = 4 trials may share a GPU
+        "config": {"together": 4, "trials": 12, "wait_s": 120.0, "hold_s": 0.5,
+                   "started_dir": str(Path("started").resolve())},
         "search_space": {"x": {"uniform": [0, 1]}},
         "metric": "score", "mode": "max",
         "search": {"num_samples": 12, "seed": 0},
