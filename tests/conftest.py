@@ -61,3 +61,10 @@ def browser():
     finally:
         driver.quit()
 
+
+def pytest_sessionfinish(session, exitstatus):
+    """The shared embedded Ray runtime (``helpers.shared_ray``), if a test started it."""
+    import sys
+
+    if "ray" in sys.modules:
+        sys.modules["ray"].shutdown()

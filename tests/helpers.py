@@ -14,6 +14,22 @@ def cli_env(**extra) -> dict:
     return dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1", **extra)
 
 
+_RAY_INIT = dict(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING",
+                 runtime_env={"worker_process_setup_hook":
+                              "raytune_suite.engine.tuner.quiet_worker_logs"})
+
+
+def shared_ray():
+    """The embedded Ray runtime (2 CPUs) that in-process tests share: started by the first
+    test that needs it (again if a simulated-cluster test shut it down), shut down at the
+    end of the session (tests/conftest.py)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(**_RAY_INIT)
+    return ray
+
+
 def mlflow_runs(workdir, experiment: str):
     """All MLflow runs of ``experiment`` in ``workdir``/mlflow.db, as a DataFrame."""
     import mlflow

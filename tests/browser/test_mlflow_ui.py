@@ -2,6 +2,8 @@
 outside the repository, serves the runs; the link opens the search's trial runs in the
 "Model training" runs table (not MLflow 3's GenAI overview), by their new names."""
 
+import contextlib
+import io
 import os
 import re
 import signal
@@ -12,7 +14,8 @@ import urllib.request
 
 import pytest
 
-from helpers import CLI, cli_env, free_port, js_errors, mlflow_runs
+from helpers import free_port, js_errors, mlflow_runs, shared_ray
+from raytune_suite.cli import main
 
 EXPERIMENT = textwrap.dedent("""
     # a tiny search: 3 trials, 2 epochs
@@ -32,12 +35,22 @@ EXPERIMENT = textwrap.dedent("""
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
+    """`raytune-suite run uicheck.yaml` in a fresh folder: the CLI's entry point in this
+    process, on the shared embedded Ray (the test is about what the run prints and the UI
+    it points to, not about starting a process)."""
     cwd = tmp_path_factory.mktemp("uicheck")
     (cwd / "uicheck.yaml").write_text(EXPERIMENT)
-    proc = subprocess.run([*CLI, "run", "uicheck.yaml"], cwd=cwd, capture_output=True,
-                          text=True, env=cli_env(), timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return cwd, proc.stdout
+    shared_ray()
+    out, err = io.StringIO(), io.StringIO()
+    before = os.getcwd()
+    os.chdir(cwd)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main(["run", "uicheck.yaml"])
+    finally:
+        os.chdir(before)
+    assert code == 0, out.getvalue()[-3000:] + err.getvalue()[-3000:]
+    return cwd, out.getvalue()
 
 
 def test_printed_command_and_link_show_the_trial_runs(finished_run, browser, tmp_path):

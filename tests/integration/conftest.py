@@ -1,18 +1,13 @@
 import pytest
 
-_INIT = dict(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING",
-             runtime_env={"worker_process_setup_hook": "raytune_suite.engine.tuner.quiet_worker_logs"})
+from helpers import shared_ray
 
 
 @pytest.fixture
 def ray_local():
     """An embedded Ray runtime (2 CPUs), shared by the in-process integration tests and
     started again if a simulated-cluster test shut it down."""
-    import ray
-
-    if not ray.is_initialized():
-        ray.init(**_INIT)
-    return ray
+    return shared_ray()
 
 
 @pytest.fixture
@@ -22,12 +17,6 @@ def no_ray():
 
     ray.shutdown()
     yield
-    ray.shutdown()
-
-
-def pytest_sessionfinish(session, exitstatus):
-    import ray
-
     ray.shutdown()
 
 
