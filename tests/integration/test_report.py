@@ -67,9 +67,12 @@ def test_report_of_a_pbt_search_lists_every_exploit(ray_local, in_tmp, capsys):
         str(EXPERIMENTS / "digits_pbt.yaml"), "--set", "config.model=mlp",
         "--set", "config.epochs=2", "--set", "scheduler.max_t=2",
         "--set", "scheduler.perturbation_interval=1", "--set", "scheduler.synch=true",
-        "--set", "scheduler.quantile_fraction=0.5", "--set", "search.num_samples=4",
+        # two trials: at the perturbation the worse one always exploits the better (one
+        # lineage row at least); synchronous PBT restarts every trial after it in a fresh
+        # worker process, so each trial more costs two process starts
+        "--set", "scheduler.quantile_fraction=0.5", "--set", "search.num_samples=2",
         "--set", "checkpoint.every=1", "--set", "checkpoint.keep=4",
-        # all four at once: synchronous PBT then never swaps trials in and out (each swap
+        # both at once: synchronous PBT then never swaps trials in and out (each swap
         # starts a fresh worker process) before its one perturbation
         "--set", "resources.cpu=0.5"], "rep-pbt")
     _assert_common(folder, page, ["lr", "momentum", "batch_size"])
