@@ -121,6 +121,9 @@ def test_every_exploit_takes_the_donors_weights_and_its_own_hyperparameters(ray_
         assert row["lr"] == pytest.approx(row["config"]["lr"], rel=1e-12)
 
 
+# Half the example's 60 steps: the kill comes after two exploits (step ~10), which leaves
+# five perturbation rounds (every 4 steps) for PBT to go on exploiting after the resume.
+PBT_MAX_T = 32
 PBT_FUNCTION = textwrap.dedent("""
     # Ray's own PBT example trainable, unchanged, with the mutations its example uses.
     # It checkpoints every step and the suite keeps only 3 checkpoints per trial while
@@ -133,14 +136,14 @@ PBT_FUNCTION = textwrap.dedent("""
     search: {algorithm: random, num_samples: 4, seed: 3}
     scheduler:
       type: pbt
-      max_t: 60
+      max_t: PBT_MAX_T
       perturbation_interval: 4
       hyperparam_mutations:
         lr: {uniform: [0.0001, 0.02]}
         some_other_factor: [1, 2]
     checkpoint: {every: 1, keep: 3}
     stop: {done: true}
-""")
+""").replace("PBT_MAX_T", str(PBT_MAX_T))
 
 
 def test_ray_pbt_example_killed_and_resumed_keeps_exploiting(tmp_path):
@@ -166,7 +169,7 @@ def test_ray_pbt_example_killed_and_resumed_keeps_exploiting(tmp_path):
     assert len(rows) == 4
     for trial_rows in rows.values():
         last = trial_rows[-1]
-        assert last["training_iteration"] == 60 or last["done"], last
+        assert last["training_iteration"] == PBT_MAX_T or last["done"], last
     # Resumed exploits restarted their trial from the copy they made.
     for e in after[before:]:
         assert any(r.get("training_iteration") == e["checkpoint_iteration"] + 1
