@@ -233,3 +233,19 @@ def test_the_loop_never_waits_on_a_slow_store(uri, parent):
     threading.Thread(target=loop).start()
     assert done.wait(0.4)
     assert writer.close(timeout=30)
+
+
+def test_a_sqlite_store_is_written_in_wal_mode(uri, parent):
+    """SQLite stores run in write-ahead-log mode (a commit waits for no fsync; `mlflow ui`
+    reading the file does not block the writer), kept in the file for later clients."""
+    import sqlite3
+
+    writer = RunWriter(uri, parent)
+    _trial(writer, "t1", [1, 2])
+    assert writer.close(timeout=60)
+    connection = sqlite3.connect(uri[len("sqlite:///"):])
+    try:
+        assert connection.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        assert connection.execute("SELECT COUNT(*) FROM metrics").fetchone()[0] >= 4
+    finally:
+        connection.close()
