@@ -9,7 +9,8 @@ workers never need access to the tracking store and the driver loop never waits 
 from raytune_suite.tracking._backfill import backfill_runs
 from raytune_suite.tracking._mlflow import (check_reachable, configure_client, flatten,
                                             metric, mlflow_client, param,
-                                            resolve_tracking_uri, short_reason, tag)
+                                            resolve_tracking_uri, short_reason, tag,
+                                            warm_up)
 from raytune_suite.tracking._names import (SKIP_METRICS, Layout, layout,
                                            result_metrics, run_name)
 from raytune_suite.tracking._runs import (EXPERIMENT_PATH_TAG, OUTCOME_TAG, ROLE_TAG,
@@ -24,7 +25,7 @@ from raytune_suite.tracking._search import (DESCRIPTION_TAG, EPOCHS_METRIC, EXPL
 from raytune_suite.tracking._ui import mlflow_executable, ui_command, ui_hint, ui_link
 
 __all__ = ["backfill_runs", "end_tags", "check_reachable", "configure_client", "flatten",
-           "metric", "mlflow_client", "param", "tag", "resolve_tracking_uri", "short_reason",
+           "metric", "mlflow_client", "param", "tag", "resolve_tracking_uri", "short_reason", "warm_up",
            "SKIP_METRICS", "Layout", "layout", "result_metrics", "run_name",
            "EXPERIMENT_PATH_TAG", "OUTCOME_TAG", "ROLE_TAG", "STOP_REASON_TAG", "TRIAL_ID_TAG",
            "child_runs", "close_open_runs", "close_trial_run", "discard_search", "find_trial_run",

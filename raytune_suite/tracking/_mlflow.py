@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -59,11 +60,39 @@ def check_reachable(uri: str) -> None:
 
 
 def mlflow_client(uri: str):
+    warming = _warming.get(uri)
+    if warming is not None and warming is not threading.current_thread():
+        warming.join()
+    return _client(uri)
+
+
+def _client(uri: str):
     from mlflow.tracking import MlflowClient
 
     if uri.startswith("sqlite:"):
         _sqlite_wal()
     return MlflowClient(tracking_uri=uri)
+
+
+_warming: dict[str, threading.Thread] = {}
+
+
+def warm_up(uri: str) -> None:
+    """Import MLflow and open ``uri``'s store on a background thread, while the driver
+    starts Ray (which mostly waits for its processes): seconds of imports and, for
+    SQLite, the schema check, or the tables of a new ``mlflow.db``. MLflow keeps the
+    store per URI; :func:`mlflow_client` waits for the warm-up before its first use. A
+    failure here is left for that first use to report."""
+
+    def work() -> None:
+        try:
+            _client(uri).search_experiments(max_results=1)
+        except Exception:  # noqa: BLE001 - the real request says what is wrong
+            pass
+
+    if uri not in _warming:
+        _warming[uri] = threading.Thread(target=work, name="mlflow-warm-up", daemon=True)
+        _warming[uri].start()
 
 
 _WAL = False

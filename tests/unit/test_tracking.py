@@ -175,3 +175,18 @@ def test_ui_command_runs_from_any_folder_and_link_opens_the_runs_table(store, tm
     assert hint.splitlines()[0] == tracking.ui_command(uri)
     assert hint.splitlines()[1].split()[-1] == tracking.ui_link(uri, experiment_id, parent)
     assert tracking.ui_hint("http://mlflow:5000", None) == "http://mlflow:5000/#/experiments"
+
+
+def test_warm_up_opens_a_new_store_on_a_thread_and_the_first_client_waits(tmp_path):
+    """The driver opens MLflow's store (imports, a new mlflow.db's tables) on a thread while
+    Ray starts; the first real use waits for it and finds the store ready."""
+    from raytune_suite.tracking import _mlflow
+
+    uri = f"sqlite:///{tmp_path}/new.db"
+    tracking.warm_up(uri)
+    thread = _mlflow._warming[uri]
+    assert thread.name == "mlflow-warm-up"
+    client = tracking.mlflow_client(uri)  # waits for the warm-up
+    assert not thread.is_alive()
+    assert (tmp_path / "new.db").is_file()
+    assert [e.name for e in client.search_experiments()] == ["Default"]
