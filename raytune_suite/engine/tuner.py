@@ -18,7 +18,8 @@ from raytune_suite.engine.logs import ProgressCsvLogger, ResultJsonLogger
 from raytune_suite.engine.outcomes import OutcomeCallback
 from raytune_suite.errors import SpecError, token_auth_error
 from raytune_suite.experiment import ExperimentSpec
-from raytune_suite.trainables import BUILTIN, is_class_trainable, resolve_trainable
+from raytune_suite.trainables import (BUILTIN, BUILTIN_MODULES, is_class_trainable,
+                                      resolve_trainable)
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ def shared_data(spec: ExperimentSpec):
     if spec.trainable not in BUILTIN:
         return None
     from raytune_suite.training.config import DATA_KEYS
-    from raytune_suite.training.trainable import load_arrays_for
+    from raytune_suite.training.data import load_arrays_for
 
     searched = {path.split(".")[0] for path, _ in spec.search_space.leaves()}
     if searched & set(DATA_KEYS):
@@ -192,8 +193,8 @@ def worker_preloads(spec: Optional[ExperimentSpec]) -> list[str]:
     always, and a built-in trainable's module (the classifier's imports torch: 2 to 5 s
     of CPU) when the search trains it. A user's trainable is imported by its trials, as
     Ray does it (it may be shipped by value, and need not be importable by name)."""
-    builtin = BUILTIN.get(spec.trainable) if spec is not None else None
-    return [WORKER_MODULE] + ([builtin.partition(":")[0]] if builtin else [])
+    module = BUILTIN_MODULES.get(spec.trainable) if spec is not None else None
+    return [WORKER_MODULE] + ([module] if module else [])
 
 
 def init_ray(address: Optional[str], log_to_driver: bool = True,

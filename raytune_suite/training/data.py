@@ -19,10 +19,14 @@ import shutil
 import tempfile
 import warnings
 from dataclasses import dataclass
-from typing import Optional, Union
+from typing import TYPE_CHECKING, Optional, Union
 
 import numpy as np
-import torch
+
+from raytune_suite.training.config import IMAGE_MODELS, ClassifierConfig
+
+if TYPE_CHECKING:  # torch loads with the first tensor: a driver that only reads arrays
+    import torch  # (the runner's shared data set) never imports it
 
 SKLEARN_DATASETS = ("digits", "iris", "wine", "breast_cancer")
 TORCHVISION_DATASETS = ("cifar10", "mnist", "fashion_mnist")
@@ -207,6 +211,8 @@ def to_device(arrays: Arrays, device: Union[str, torch.device] = "cpu") -> Datas
         arrays: the output of :func:`load_arrays`, possibly read-only (from Ray's object store).
         device: where the tensors live.
     """
+    import torch
+
     device = torch.device(device)
     with warnings.catch_warnings():
         # Arrays from Ray's object store are read-only views of shared memory, and torch
@@ -232,6 +238,8 @@ def load_dataset(spec: DataSpec, device: Union[str, torch.device] = "cpu") -> Da
     """
     if not isinstance(spec, DataSpec):
         raise TypeError(f"spec must be a DataSpec, got {type(spec).__name__}: {spec!r}")
+    import torch
+
     key = (spec, str(torch.device(device)))
     if key not in _CACHE:
         _CACHE[key] = to_device(load_arrays(spec), device)
@@ -508,3 +516,23 @@ _READERS = {
     "image_folder": _read_image_folder,
     "synthetic": _read_synthetic,
 }
+
+
+def data_spec(cfg: ClassifierConfig, fold: int = 0) -> DataSpec:
+    """The :class:`DataSpec` a config describes (``fold`` for k-fold CV)."""
+    return DataSpec(
+        name=cfg.dataset, root=cfg.data_root, download=cfg.download, image_size=cfg.image_size,
+        data_seed=cfg.data_seed, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction,
+        image=cfg.model in IMAGE_MODELS, folds=cfg.cv_folds, fold=fold,
+        synthetic_samples=cfg.synthetic_samples, synthetic_shape=tuple(cfg.synthetic_shape),
+        synthetic_classes=cfg.synthetic_classes, limit=cfg.limit_train,
+    )
+
+
+def load_arrays_for(config: dict) -> Optional[Arrays]:
+    """Arrays to share through the object store for this (fixed) config, or None when
+    trials load their own (k-fold CV)."""
+    cfg = ClassifierConfig.from_trial(config)
+    if cfg.cv_folds:
+        return None
+    return load_arrays(data_spec(cfg))

@@ -16,8 +16,9 @@ import numpy as np
 import torch
 
 from raytune_suite.training import checkpoint as ckpt
-from raytune_suite.training.config import IMAGE_MODELS, ClassifierConfig
-from raytune_suite.training.data import Arrays, DataSpec, load_arrays, load_dataset, to_device
+from raytune_suite.training.config import ClassifierConfig
+from raytune_suite.training.data import (Arrays, DataSpec, data_spec,  # noqa: F401 (re-export)
+                                         load_arrays_for, load_dataset, to_device)
 from raytune_suite.training.loop import Trainer
 
 _DEVICE_DATA: dict[tuple, object] = {}  # (data key, device) -> Dataset on that device
@@ -28,17 +29,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def data_spec(cfg: ClassifierConfig, fold: int = 0) -> DataSpec:
-    """The :class:`DataSpec` a config describes (``fold`` for k-fold CV)."""
-    return DataSpec(
-        name=cfg.dataset, root=cfg.data_root, download=cfg.download, image_size=cfg.image_size,
-        data_seed=cfg.data_seed, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction,
-        image=cfg.model in IMAGE_MODELS, folds=cfg.cv_folds, fold=fold,
-        synthetic_samples=cfg.synthetic_samples, synthetic_shape=tuple(cfg.synthetic_shape),
-        synthetic_classes=cfg.synthetic_classes, limit=cfg.limit_train,
-    )
 
 
 def trial_device() -> torch.device:
@@ -164,12 +154,3 @@ def _train_cross_validated(cfg: ClassifierConfig, device: torch.device,
                          "folds": [t.state_dict() for t in trainers]}, diverged or None)
         if diverged:
             return
-
-
-def load_arrays_for(config: dict) -> Optional[Arrays]:
-    """Arrays to share through the object store for this (fixed) config, or None when
-    trials load their own (k-fold CV)."""
-    cfg = ClassifierConfig.from_trial(config)
-    if cfg.cv_folds:
-        return None
-    return load_arrays(data_spec(cfg))
