@@ -23,10 +23,15 @@ def no_ray():
 def pytest_collection_modifyitems(items):
     for item in items:
         item.add_marker(pytest.mark.integration)
-    # The simulated-cluster tests shut the shared embedded runtime down: run them after
-    # every other integration test, so that `ray_local` starts it once (~5 s), not twice.
-    multinode = [i for i in items if i.path.name == "test_multinode.py"]
-    rest = [i for i in items if i.path.name != "test_multinode.py"]
+    # The simulated-cluster tests and those that want no embedded runtime (`no_ray`) shut
+    # the shared one down: run them after every other integration test, so that
+    # `ray_local` starts it once (~5 s), not again after each of them.
+    def shuts_ray_down(item) -> bool:
+        return (item.path.name == "test_multinode.py"
+                or "no_ray" in getattr(item, "fixturenames", ()))
+
+    last = [i for i in items if shuts_ray_down(i)]
+    rest = [i for i in items if not shuts_ray_down(i)]
     integration = [k for k, i in enumerate(rest) if "integration" in i.path.parts]
-    if multinode and integration:
-        items[:] = rest[:integration[-1] + 1] + multinode + rest[integration[-1] + 1:]
+    if last and integration:
+        items[:] = rest[:integration[-1] + 1] + last + rest[integration[-1] + 1:]
