@@ -91,12 +91,15 @@ def run_experiment(spec: ExperimentSpec, raw: dict[str, Any], address: Optional[
                                 "(--set name=...)", spec.name)
     uri = _tracking_uri(spec) if use_mlflow else None
     if uri:
-        from raytune_suite.tracking import check_reachable, warm_up
+        from raytune_suite.tracking import check_reachable
 
         check_reachable(uri)
-        warm_up(uri)  # MLflow's imports and store, on a thread, while Ray starts
     data = shared_data(spec)
     phases.mark("data loaded")
+    if uri and not address:  # every user mistake is caught by now: nothing was written
+        from raytune_suite.tracking import warm_up
+
+        warm_up(uri)  # MLflow's imports and store, on a thread, while Ray starts
     init_ray(address, log_to_driver=progress is None, spec=spec)
     phases.mark("Ray started")
     check_storage(spec)
