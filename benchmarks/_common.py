@@ -271,10 +271,11 @@ class ResultWatcher(threading.Thread):
         from ray.train.constants import _get_ray_train_session_dir
 
         now = time.monotonic() - self.t0
-        pattern = os.path.join(glob.escape(_get_ray_train_session_dir()), "*",
-                               glob.escape(self.experiment), "driver_artifacts", "*",
-                               "result.json")
-        paths = glob.glob(pattern)
+        paths = []
+        if self.experiment:  # "" watches ``folder`` only (a driver in another process)
+            paths = glob.glob(os.path.join(glob.escape(_get_ray_train_session_dir()), "*",
+                                           glob.escape(self.experiment), "driver_artifacts",
+                                           "*", "result.json"))
         if self.folder:  # with local storage the suite writes there directly
             paths += glob.glob(os.path.join(glob.escape(self.folder), "*", "result.json"))
         for path in paths:

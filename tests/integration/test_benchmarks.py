@@ -21,8 +21,8 @@ BENCHMARKS_MD = ROOT / "BENCHMARKS.md"
 
 # Longest first (memory and scale start two Ray runtimes each), so that the pool never
 # ends with one long script running alone.
-SCRIPTS = ("memory.py", "scale.py", "overhead.py", "time_to_accuracy.py", "data_sharing.py",
-           "throughput.py")
+SCRIPTS = ("memory.py", "scale.py", "overhead.py", "time_to_accuracy.py", "small_search.py",
+           "data_sharing.py", "throughput.py")
 
 
 def _run(script: str, cwd) -> subprocess.CompletedProcess:
@@ -77,6 +77,20 @@ def test_time_to_accuracy_runs_grid_and_suite(smoke_runs):
     assert re.search(r"^=== suite: [\d.]+ s; \d+ results", out, re.M)
     assert "median time to val_accuracy >= 0.97: hand grid" in out
     assert re.search(r"suite (never )?worse at equal time", out)
+
+
+def test_small_search_times_the_suite_and_optuna_from_launch(smoke_runs):
+    out = smoke("small_search.py", smoke_runs)
+    for side in ("suite, MLflow off", "suite, MLflow on (SQLite)", "Optuna"):
+        # 4 trials x 3 epochs: every side reports; its first result comes before its exit
+        found = re.search(rf"^seed 0: {re.escape(side)}: first result ([\d.]+) s, "
+                          r"val_accuracy >= 0.5 at (?:[\d.]+|never) s, all done ([\d.]+) s; "
+                          r"best [\d.]+; (\d+) results$", out, re.M)
+        assert found, (side, out[-2000:])
+        assert 0 < float(found.group(1)) < float(found.group(2))
+        assert 4 <= int(found.group(3)) <= 12
+    assert re.search(r"^suite \(MLflow off\) / Optuna, median time to val_accuracy >= 0.5: "
+                     r"(?:[\d.]+x \(aim (NOT )?met: <= 1.5x\)|not measured)", out, re.M)
 
 
 def test_throughput_compares_tutorial_and_trainer(smoke_runs):
