@@ -14,7 +14,10 @@ def cli_env(**extra) -> dict:
     return dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1", **extra)
 
 
+# log_to_driver=False as `raytune-suite run` without --verbose: the trials' own output (a
+# worker killed at the end of a search may print a traceback) stays in Ray's log files.
 _RAY_INIT = dict(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING",
+                 log_to_driver=False,
                  runtime_env={"worker_process_setup_hook":
                               "raytune_suite.engine.tuner.quiet_worker_logs"})
 
