@@ -110,10 +110,25 @@ def atomic_snapshot_uploads():
 
 
 def _upload_atomically(local_path: str, fs_path: str) -> None:
+    """Copy what changed since the last upload. A copy carries its source's mtime as it
+    was before the copy, so a file changed during or after it is copied again next time;
+    unchanged files (most trials' TensorBoard files in a large search) are left alone."""
     for root, _, files in os.walk(local_path):
         target = os.path.join(fs_path, os.path.relpath(root, local_path))
         os.makedirs(target, exist_ok=True)
         for name in files:
+            source, dest = os.path.join(root, name), os.path.join(target, name)
+            try:
+                before = os.stat(source)
+            except FileNotFoundError:  # Ray replaced it meanwhile: the next upload has it
+                continue
+            try:
+                held = os.stat(dest)
+                if (held.st_size, held.st_mtime_ns) == (before.st_size, before.st_mtime_ns):
+                    continue
+            except FileNotFoundError:
+                pass
             partial = os.path.join(target, f".{name}.partial")
-            shutil.copyfile(os.path.join(root, name), partial)
-            os.replace(partial, os.path.join(target, name))
+            shutil.copyfile(source, partial)
+            os.utime(partial, ns=(before.st_atime_ns, before.st_mtime_ns))
+            os.replace(partial, dest)

@@ -77,3 +77,27 @@ def test_snapshot_uploads_to_a_local_folder_replace_files_by_rename(tmp_path):
     assert not list(dest.rglob("*.partial"))
     # Outside the context Ray's own upload is back.
     assert _FilesystemSyncer._sync_up_command.__qualname__.startswith("_FilesystemSyncer")
+
+
+def test_snapshot_uploads_copy_only_what_changed(tmp_path):
+    """A large search's staging folder holds a TensorBoard file per trial; an upload
+    copies the files that changed since the last one, and every file that did."""
+    import pyarrow.fs
+
+    dest = tmp_path / "experiment"
+    staging = _staging(tmp_path, "first")
+    syncer = _FilesystemSyncer(storage_filesystem=pyarrow.fs.LocalFileSystem(),
+                               sync_period=0, sync_timeout=60)
+    with storage.atomic_snapshot_uploads():
+        syncer.sync_up(str(staging), str(dest))
+        syncer.wait()
+        kept = os.stat(dest / "trial_0" / "progress.csv").st_ino
+        replaced = os.stat(dest / "tuner.pkl").st_ino
+        with open(staging / "tuner.pkl", "ab") as f:  # appended to, as an event file is
+            f.write(b"more")
+        syncer.sync_up(str(staging), str(dest))
+        syncer.wait()
+    assert os.stat(dest / "trial_0" / "progress.csv").st_ino == kept  # unchanged: left
+    assert os.stat(dest / "tuner.pkl").st_ino != replaced
+    assert (dest / "tuner.pkl").read_bytes() == b"first" * 100 + b"more"
+    assert (dest / "experiment_state-x.json").read_text() == "first"
