@@ -64,7 +64,7 @@ OPTUNA_SCRIPT = textwrap.dedent("""
     from raytune_suite.training.config import ClassifierConfig
     from raytune_suite.training.data import load_arrays, to_device
     from raytune_suite.training.loop import Trainer
-    from raytune_suite.training.trainable import data_spec
+    from raytune_suite.training.data import data_spec
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     torch.set_num_threads(1)  # one core per trial, as the suite gives each trial 1 CPU

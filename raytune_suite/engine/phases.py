@@ -1,7 +1,7 @@
 """Where a run's fixed cost goes: seconds from the process's start to the end of each
 phase (imports, the file's checks, data, Ray, MLflow, building the search, the first
 trial and its first result, the search, the end). ``run --verbose`` and ``resume
---verbose`` print them as one line; ``benchmarks/small_search.py`` reads that line."""
+--verbose`` print them as one line."""
 
 from __future__ import annotations
 
@@ -30,10 +30,6 @@ def mark(phase: str) -> None:
     _marks.setdefault(phase, time.time())
 
 
-def reset() -> None:
-    _marks.clear()
-
-
 def marks() -> dict[str, float]:
     """Phase -> seconds from the process's start to its end, in the order they ended."""
     start = process_start()
@@ -47,4 +43,3 @@ def line() -> Optional[str]:
         return None
     return "phases (s from process start): " + " · ".join(f"{k} {v:.1f}"
                                                           for k, v in found.items())
-

@@ -18,8 +18,8 @@ from raytune_suite.engine import phases, registry, storage
 from raytune_suite.engine.checkpoints import frequent_snapshots
 from raytune_suite.engine.logs import quiet_trial_tracebacks, quiet_unreported_trials
 from raytune_suite.engine.outcomes import settle
-from raytune_suite.engine.state import (LOCK_FILE, SPEC_FILE, STATE_FILE, experiment_lock,
-                                        has_ray_state, read_outcomes, read_state,
+from raytune_suite.engine.state import (LOCK_FILE, SPEC_FILE, STATE_FILE, adopt_old_names,
+                                        experiment_lock, has_ray_state, read_outcomes, read_state,
                                         record_outcomes, resolve_experiment,
                                         set_aside_lost_trials, update_state, write_state)
 from raytune_suite.engine.tuner import (build_tuner, check_storage, init_ray, shared_data,
@@ -211,11 +211,10 @@ def resume_experiment(ref: str, address: Optional[str] = None,
     spec = validate(raw)
     registry.check(spec)
     with experiment_lock(path):
+        adopt_old_names(path)  # before Ray copies the folder's .json files (state.py)
         state = read_state(path)
         state.setdefault("tracking_uri", None)
         state.setdefault("parent_run_id", None)
-        write_state(path, state)  # new names before Ray copies the folder's .json (state.py)
-        record_outcomes(path, {})
         if state["parent_run_id"]:
             _reopen_search_run(state)
         data = shared_data(spec)

@@ -72,6 +72,16 @@ def update_state(path: str | Path, **changes: Any) -> None:
     write_state(path, state)
 
 
+def adopt_old_names(path: str | Path) -> None:
+    """Move the files of a folder made before the rename to their new names (before
+    ``Tuner.restore`` copies the folder's ``.json`` files); nothing else is written."""
+    path = Path(path)
+    if (path / _OLD_STATE_FILE).is_file():
+        write_state(path, read_state(path))
+    if (path / _OLD_OUTCOMES_FILE).is_file():
+        record_outcomes(path, {})
+
+
 def read_outcomes(path: str | Path) -> dict[str, str]:
     """Trial id -> how it ended, for the trials the search has settled."""
     file = Path(path) / OUTCOMES_FILE

@@ -17,8 +17,7 @@ import torch
 
 from raytune_suite.training import checkpoint as ckpt
 from raytune_suite.training.config import ClassifierConfig
-from raytune_suite.training.data import (Arrays, DataSpec, data_spec,  # noqa: F401 (re-export)
-                                         load_arrays_for, load_dataset, to_device)
+from raytune_suite.training.data import Arrays, DataSpec, data_spec, load_dataset, to_device
 from raytune_suite.training.loop import Trainer
 
 _DEVICE_DATA: dict[tuple, object] = {}  # (data key, device) -> Dataset on that device

@@ -43,6 +43,20 @@ def test_folders_made_before_the_rename_are_read_then_moved(tmp_path):
     assert state.read_outcomes(tmp_path) == {"t1": "completed", "t2": "diverged"}
 
 
+
+def test_resume_adopts_the_old_names_and_writes_nothing_else(tmp_path):
+    old, new = tmp_path / "old", tmp_path / "new"
+    old.mkdir()
+    new.mkdir()
+    (old / "raytune_suite.json").write_text(json.dumps({"parent_run_id": "old"}))
+    (old / "outcomes.json").write_text(json.dumps({"t1": "completed"}))
+    state.adopt_old_names(old)
+    state.adopt_old_names(new)
+    assert sorted(p.name for p in old.iterdir()) == ["outcomes.jsonl", "raytune_suite.state"]
+    assert state.read_state(old) == {"parent_run_id": "old"}
+    assert state.read_outcomes(old) == {"t1": "completed"}
+    assert list(new.iterdir()) == []
+
 def _staging(tmp_path, text: str):
     staging = tmp_path / "staging"
     (staging / "trial_0").mkdir(parents=True, exist_ok=True)
