@@ -21,8 +21,8 @@ measured is the driver's bookkeeping:
 - MLflow: every ``MlflowClient`` method the driver calls is wrapped, for the run, in a
   timer (the behaviour is unchanged; nested calls count once): requests per trial (to
   create and end its run) and per result (``log_batch``), and which thread made them:
-  the writer thread (``tracking._writer``) during the search, or the driver's own
-  thread before and after it;
+  the writer process (``tracking._writer_process``, which reports its own counts when it
+  stops) during the search, or the driver process before and after it;
 - storage: bytes under the experiment folder per trial, and the size of Tune's experiment
   state file (``experiment_state-*.json``, rewritten whole at every snapshot) per trial.
 
@@ -44,6 +44,7 @@ import dataclasses
 import functools
 import glob
 import inspect
+import logging
 import os
 import statistics
 import sys
@@ -69,7 +70,7 @@ COLUMNS = ("date", "machine", "command", "setup", "raw Ray Tune, reuse_actors=Tr
 MB = 1e6
 NODES = 3
 RAW, SUITE_OFF, SUITE_ON = "raw Ray Tune, reuse", "suite, MLflow off", "suite, MLflow on"
-WRITER_THREAD = "mlflow-writer"  # tracking._writer's thread
+WRITER_LOGGER = "raytune_suite.tracking._writer_process"  # reports the child's requests
 
 
 def vm_rss() -> int:
@@ -122,12 +123,13 @@ class MlflowCalls:
 
     calls: collections.Counter = dataclasses.field(default_factory=collections.Counter)
     seconds: float = 0.0
-    driver_calls: int = 0  # made on the driver's own thread (not the writer's)
+    driver_calls: int = 0  # made by the driver process itself (not the writer process)
     driver_seconds: float = 0.0
 
     @contextlib.contextmanager
     def timing(self) -> Iterator["MlflowCalls"]:
-        """Wrap every public ``MlflowClient`` method for the duration of the block."""
+        """Wrap every public ``MlflowClient`` method in this process for the duration of
+        the block, and add what the writer process reports when it stops."""
         from mlflow.tracking import MlflowClient
 
         depth = threading.local()
@@ -148,11 +150,23 @@ class MlflowCalls:
                         took = time.perf_counter() - start
                         self.seconds += took
                         self.calls[name] += 1
-                        if threading.current_thread().name != WRITER_THREAD:
-                            self.driver_calls += 1
-                            self.driver_seconds += took
+                        self.driver_calls += 1
+                        self.driver_seconds += took
             return wrapper
 
+        calls = self
+
+        class WriterReport(logging.Handler):  # ProcessWriter.close logs the child's counts
+            def emit(self, record):
+                if hasattr(record, "requests"):
+                    calls.calls.update(record.requests)
+                    calls.seconds += record.seconds
+
+        report = WriterReport(logging.DEBUG)
+        writer_log = logging.getLogger(WRITER_LOGGER)
+        level = writer_log.level
+        writer_log.addHandler(report)
+        writer_log.setLevel(logging.DEBUG)
         for name, fn in originals.items():
             setattr(MlflowClient, name, timed(name, fn))
         try:
@@ -160,6 +174,8 @@ class MlflowCalls:
         finally:
             for name, fn in originals.items():
                 setattr(MlflowClient, name, fn)
+            writer_log.removeHandler(report)
+            writer_log.setLevel(level)
 
 
 @dataclasses.dataclass
@@ -290,9 +306,9 @@ def mlflow_text(run: Run) -> str:
     return (f"{total} requests ({top}) = {total / run.trials:.2f} per trial: "
             f"{fixed / run.trials:.2f} to create and end a run, "
             f"{calls.calls['log_batch'] / run.results:.2f} log_batch per result; "
-            f"{writer} on the writer thread ({calls.seconds - calls.driver_seconds:.1f} s = "
+            f"{writer} in the writer process ({calls.seconds - calls.driver_seconds:.1f} s = "
             f"{(calls.seconds - calls.driver_seconds) / run.seconds:.0%} of the run), "
-            f"{calls.driver_calls} on the driver's thread ({calls.driver_seconds:.1f} s, "
+            f"{calls.driver_calls} in the driver ({calls.driver_seconds:.1f} s, "
             "before and after the search)")
 
 
@@ -386,6 +402,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         # for one (``<RAY_TMPDIR>/ray/ray_current_cluster``); a private folder keeps other
         # work's embedded Ray from joining this cluster.
         os.environ["RAY_TMPDIR"] = tmp
+        # The nodes' workers import _trivial for raw Ray Tune's side too (the suite ships
+        # the trainable's folder itself): they inherit the raylets' environment.
+        os.environ["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(Path(__file__).resolve().parent), os.environ.get("PYTHONPATH"))
+            if p)
         runs = run_on_cluster(args, tmp, mlflow_uri)
     print_report(runs)
     problems = [f"{r.label}: {r.errors} errored, {r.trials} of {args.trials} trials, "

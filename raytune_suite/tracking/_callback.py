@@ -75,9 +75,9 @@ class TrialRunsCallback(LoggerCallback):
         return self.writer.offline if self.writer is not None else None
 
     def setup(self, *args, **kwargs):
-        from raytune_suite.tracking._writer import RunWriter
+        from raytune_suite.tracking._writer_process import ProcessWriter
 
-        self.writer = RunWriter(self.tracking_uri, self.parent_run_id, resumed=self.resumed,
+        self.writer = ProcessWriter(self.tracking_uri, self.parent_run_id, resumed=self.resumed,
                                 on_offline=self.go_offline)
 
     def go_offline(self, error: BaseException) -> None:

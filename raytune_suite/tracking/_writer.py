@@ -86,6 +86,7 @@ class RunWriter:
         self.offline: Optional[str] = None
         self.requests: Counter = Counter()  # MLflow requests made, by method
         self.waited = 0.0  # seconds the loop waited on a full queue
+        self.seconds = 0.0  # seconds spent in MLflow requests (retries' waits included)
         self._client = client
         self._experiment_id: Optional[str] = None
         self._runs: dict[str, _Run] = {}
@@ -109,6 +110,10 @@ class RunWriter:
     def end(self, key: str, status: str, metrics: list = (), tags: list = ()) -> None:
         """The trial ended: ``metrics`` and ``tags`` in its last request, then ``status``."""
         self._put(("end", key, (status, list(metrics), list(tags))))
+
+    def put(self, event: tuple) -> None:
+        """An event as ``start``, ``log`` and ``end`` make it: ``(kind, key, payload)``."""
+        self._put(event)
 
     def flush(self, timeout: Optional[float] = None) -> bool:
         """Wait until everything queued so far is written (or dropped, offline); False
@@ -295,6 +300,14 @@ class RunWriter:
 
     def _retry(self, method: str, call: Callable[[], Any],
                before_retry: Optional[Callable[[], Any]] = None):
+        start = time.perf_counter()
+        try:
+            return self._try(method, call, before_retry)
+        finally:
+            self.seconds += time.perf_counter() - start
+
+    def _try(self, method: str, call: Callable[[], Any],
+             before_retry: Optional[Callable[[], Any]]):
         for attempt in range(len(RETRY_DELAYS) + 1):
             try:
                 self.requests[method] += 1

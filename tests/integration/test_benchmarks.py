@@ -114,9 +114,9 @@ def test_scale_runs_on_a_simulated_cluster_with_mlflow(smoke_runs):
     for side in ("raw Ray Tune, reuse", "suite, MLflow on"):
         assert re.search(rf"^{side}: 12 trials, 36 results, 0 errored in [\d.]+ s = [\d.]+ "
                          r"trials/s", out, re.M), side
-    # every request counted, by what it does and by the thread that made it
+    # every request counted, by what it does and by the process that made it
     assert re.search(r"^  MLflow: \d+ requests \(.*\) = [\d.]+ per trial: [\d.]+ to create "
-                     r"and end a run, [\d.]+ log_batch per result; \d+ on the writer thread",
+                     r"and end a run, [\d.]+ log_batch per result; \d+ in the writer process",
                      out, re.M)
     assert re.search(r"^suite with MLflow on vs raw Ray Tune with reuse: [\d.]+x the trials/s",
                      out, re.M)

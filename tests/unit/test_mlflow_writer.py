@@ -1,8 +1,15 @@
 """The background MLflow writer and the resume backfill, against a real SQLite store (no
 Ray): order kept, requests merged, MLflow's batch limits, a full queue waits, retries,
-going offline once, a resumed search's runs found again, and Ray's results backfilled."""
+going offline once, a resumed search's runs found again, and Ray's results backfilled; the
+same writer in a process of its own (what the callback uses): everything written, Ctrl-C
+ignored, a dead child said once, and no child left behind a killed driver."""
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 
@@ -12,6 +19,7 @@ from mlflow.tracking import MlflowClient
 from raytune_suite import tracking
 from raytune_suite.tracking import _writer
 from raytune_suite.tracking._writer import RunWriter
+from raytune_suite.tracking._writer_process import ProcessWriter
 
 
 @pytest.fixture(scope="module")
@@ -249,3 +257,87 @@ def test_a_sqlite_store_is_written_in_wal_mode(uri, parent):
         assert connection.execute("SELECT COUNT(*) FROM metrics").fetchone()[0] >= 4
     finally:
         connection.close()
+
+
+# ---- the same writer in a process of its own (what the callback uses) ----------------------
+
+def test_the_writer_process_writes_every_run_and_reports_its_requests(uri, parent):
+    writer = ProcessWriter(uri, parent)
+    for key in "abc":
+        _trial(writer, key, [1, 2, 3])
+    assert writer.flush(timeout=60)
+    runs = _runs(uri, parent)
+    assert set(runs) == {"a", "b", "c"}
+    for run in runs.values():
+        assert _steps(uri, run) == [1, 2, 3] and run.info.status == "FINISHED"
+        assert run.data.params == {"lr": "0.1"} and run.data.metrics["best_acc"] == 0.3
+    assert writer.requests["create_run"] == 3 and writer.requests["set_terminated"] == 3
+    assert writer.close(timeout=60) and writer.offline is None
+    assert writer._proc.returncode == 0
+
+
+def test_the_writer_process_ignores_ctrl_c_so_the_driver_can_flush_it(uri, parent):
+    writer = ProcessWriter(uri, parent)
+    # Ctrl-C at a terminal signals its foreground process group: the driver's, not the child's
+    assert os.getpgid(writer._proc.pid) != os.getpgid(0)
+    _trial(writer, "a", [1, 2])
+    assert writer.flush(timeout=60)
+    writer._proc.send_signal(signal.SIGINT)  # and a SIGINT sent to the child is ignored
+    time.sleep(0.2)
+    _trial(writer, "b", [1])
+    assert writer.close(timeout=60) and writer.offline is None
+    assert set(_runs(uri, parent)) == {"a", "b"}
+
+
+def test_a_writer_process_that_dies_is_offline_once_and_said(uri, parent):
+    offline = []
+    writer = ProcessWriter(uri, parent, on_offline=offline.append)
+    _trial(writer, "a", [1])
+    assert writer.flush(timeout=60)
+    writer._proc.kill()
+    writer._proc.wait(10)
+    deadline = time.time() + 10
+    while not offline and time.time() < deadline:
+        time.sleep(0.05)
+    assert len(offline) == 1
+    assert writer.offline == f"the MLflow writer process exited (code {-signal.SIGKILL})"
+    _trial(writer, "b", [1])  # dropped, never blocks
+    writer.close(timeout=10)
+    assert len(offline) == 1
+
+
+def test_a_writer_process_whose_mlflow_refuses_goes_offline_in_the_driver(uri):
+    offline = []
+    writer = ProcessWriter(uri, "no-such-run", on_offline=offline.append)
+    _trial(writer, "a", [1])
+    assert writer.close(timeout=60)
+    assert len(offline) == 1 and "no-such-run" in writer.offline
+
+
+def test_the_writer_process_exits_when_the_driver_is_killed(uri, parent, tmp_path):
+    """A SIGKILL of the driver closes the pipe: the child stops at once (``resume``
+    backfills what it had queued) instead of racing that backfill."""
+    script = tmp_path / "driver.py"
+    script.write_text(textwrap.dedent(f"""
+        import sys, time
+        from raytune_suite.tracking._writer_process import ProcessWriter
+        writer = ProcessWriter({uri!r}, {parent!r})
+        print(writer._proc.pid, flush=True)
+        time.sleep(600)
+    """))
+    driver = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    child = int(driver.stdout.readline())
+    os.kill(driver.pid, signal.SIGKILL)
+    driver.wait(10)
+    deadline = time.time() + 20
+    while _alive(child) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not _alive(child)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
