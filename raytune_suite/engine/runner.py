@@ -96,10 +96,12 @@ def run_experiment(spec: ExperimentSpec, raw: dict[str, Any], address: Optional[
         check_reachable(uri)
     data = shared_data(spec)
     phases.mark("data loaded")
-    if uri and not address:  # every user mistake is caught by now: nothing was written
-        from raytune_suite.tracking import warm_up
+    if uri:  # every user mistake is caught by now: nothing was written
+        from raytune_suite.tracking import prestart_writer, warm_up
 
-        warm_up(uri)  # MLflow's imports and store, on a thread, while Ray starts
+        prestart_writer(uri)  # the trial runs' writer process starts while Ray starts
+        if not address:
+            warm_up(uri)  # MLflow's imports and store, on a thread, while Ray starts
     init_ray(address, log_to_driver=progress is None, spec=spec)
     phases.mark("Ray started")
     check_storage(spec)

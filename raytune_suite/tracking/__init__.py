@@ -1,8 +1,9 @@
 """MLflow: one experiment per experiment file, a parent run for the search, one child
 run per trial, named and labelled so that the MLflow UI shows what the leaderboard shows.
 
-Everything is logged from the driver, by a background writer thread (``_writer``), so
-workers never need access to the tracking store and the driver loop never waits on it.
+Everything is logged from the driver's machine, by a writer in a process of its own
+(``_writer`` run by ``_writer_process``), so workers never need access to the tracking
+store and the driver loop neither waits on it nor shares its GIL with it.
 ``TrialRunsCallback`` (which imports Ray) loads on first use.
 """
 
@@ -22,11 +23,12 @@ from raytune_suite.tracking._search import (DESCRIPTION_TAG, EPOCHS_METRIC, EXPL
                                             leaderboard_markdown, log_report,
                                             record_leaderboard, reopen_run,
                                             start_search_run)
+from raytune_suite.tracking._writer_process import prestart as prestart_writer
 from raytune_suite.tracking._ui import mlflow_executable, ui_command, ui_hint, ui_link
 
 __all__ = ["backfill_runs", "end_tags", "check_reachable", "configure_client", "flatten",
            "metric", "mlflow_client", "param", "tag", "resolve_tracking_uri", "short_reason",
-           "warm_up",
+           "warm_up", "prestart_writer",
            "SKIP_METRICS", "Layout", "layout", "result_metrics", "run_name",
            "EXPERIMENT_PATH_TAG", "OUTCOME_TAG", "ROLE_TAG", "STOP_REASON_TAG", "TRIAL_ID_TAG",
            "child_runs", "close_open_runs", "close_trial_run", "discard_search", "find_trial_run",

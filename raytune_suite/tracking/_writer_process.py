@@ -6,7 +6,7 @@ out of the loop's way only while they wait (on a server, on SQLite's disk); the 
 request is Python (MLflow's client and SQLAlchemy: about 15 ms of CPU per trial run
 against a SQLite store) that runs under the same GIL as the loop, and at dozens of trials
 a second that time is taken from the loop. :class:`ProcessWriter` has the same interface
-and runs the same ``RunWriter`` in a child process (``python -m`` this module) instead;
+and runs the same ``RunWriter`` in a child process (this module's ``main``) instead;
 the loop only pickles each event into a pipe. What stays the same:
 
 - events keep their order, are merged and retried by the ``RunWriter`` in the child;
@@ -22,6 +22,10 @@ the loop only pickles each event into a pipe. What stays the same:
 - a SIGKILL of the driver closes the pipe: the child exits at once, without writing
   what is left (exactly as the thread would die with its process), and ``resume``
   backfills it from Ray's results; a child that kept writing would race that backfill.
+
+The child starts while Ray starts (:func:`prestart`, called by the runner once the file
+is checked), and serves every later search of the same driver and store: its imports
+(MLflow, SQLAlchemy: seconds of CPU) are paid once per driver, never during a search.
 """
 
 from __future__ import annotations
@@ -58,30 +62,16 @@ class ProcessWriter:
         self._acks: dict[int, threading.Event] = {}
         self._flushes = 0
         self._closing = False
-        to_child, from_driver = os.pipe()
-        from_child, to_driver = os.pipe()
-        try:
-            import fcntl
-
-            fcntl.fcntl(from_driver, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
-        except (ImportError, AttributeError, OSError):
-            pass  # the default 64 KiB: the loop may wait sooner, nothing else changes
-        env = dict(os.environ)
-        root = str(Path(__file__).resolve().parents[2])  # raytune_suite's parent folder
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
-        self._proc = subprocess.Popen(
-            [sys.executable, "-m", __name__, uri, parent_run_id, "1" if resumed else "0",
-             str(to_child), str(to_driver)],
-            pass_fds=(to_child, to_driver), stdin=subprocess.DEVNULL, env=env,
-            process_group=0)  # Ctrl-C signals the terminal's group: the driver's, not this
-        os.close(to_child)
-        os.close(to_driver)
-        self._send_conn = Connection(from_driver, readable=False)
-        self._recv_conn = Connection(from_child, writable=False)
+        self._stopped = False  # the child acknowledged "stop"
+        spare = _spares.pop(uri, None)
+        if spare is None or spare[0].poll() is not None:
+            spare = _spawn(uri)
+        self._proc, self._send_conn, self._recv_conn = spare
         self._send_lock = threading.Lock()
         self._reader = threading.Thread(target=self._read, name="mlflow-writer-pipe",
                                         daemon=True)
         self._reader.start()
+        self._send(("config", parent_run_id, resumed), control=True)
 
     # ---- the loop's side ----------------------------------------------------------------
 
@@ -107,14 +97,16 @@ class ProcessWriter:
         return done.wait(timeout)
 
     def close(self, timeout: Optional[float] = None) -> bool:
-        """Flush, stop the child and wait for it."""
+        """Flush and end this search's writer; the child, warm, waits for the next search
+        of this driver with the same store (tests and benchmarks run many in one process),
+        or exits with the driver."""
         done = self.flush(timeout)
         self._closing = True
         self._send(("stop",), control=True)
         self._reader.join(timeout)
-        try:
-            self._proc.wait(timeout)
-        except subprocess.TimeoutExpired:
+        if self._stopped and self._proc.poll() is None:
+            _spares.setdefault(self.uri, (self._proc, self._send_conn, self._recv_conn))
+        elif self._proc.poll() is None:
             self._proc.kill()
         logger.debug("MLflow writer process: %d requests (%s), %.2f s in them, loop waited "
                      "%.2f s", sum(self.requests.values()), dict(self.requests),
@@ -151,6 +143,7 @@ class ProcessWriter:
                 self.requests = Counter(message[2])
                 self.seconds = message[3]
                 if kind == "stopped":
+                    self._stopped = True
                     break
                 event = self._acks.pop(message[1], None)
                 if event is not None:
@@ -174,10 +167,47 @@ class ProcessWriter:
             self.on_offline(RuntimeError(reason))
 
 
+_spares: dict[str, tuple] = {}  # uri -> a started child that waits for its search
+
+
+def prestart(uri: str) -> None:
+    """Start the writer process for ``uri`` now, so that its imports (MLflow: seconds)
+    and the store's opening overlap Ray's start instead of the search's first trials. The
+    next :class:`ProcessWriter` for ``uri`` takes it; unused, it exits with the driver."""
+    if uri not in _spares:
+        _spares[uri] = _spawn(uri)
+
+
+def _spawn(uri: str) -> tuple:
+    """A child process for ``uri`` and the two ends of its pipes: (process, send, recv)."""
+    to_child, from_driver = os.pipe()
+    from_child, to_driver = os.pipe()
+    try:
+        import fcntl
+
+        fcntl.fcntl(from_driver, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+    except (ImportError, AttributeError, OSError):
+        pass  # the default 64 KiB: the loop may wait sooner, nothing else changes
+    env = dict(os.environ)
+    root = str(Path(__file__).resolve().parents[2])  # raytune_suite's parent folder
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", f"import sys; from {__name__} import main; main(sys.argv[1:])",
+             uri, str(to_child), str(to_driver)],
+            pass_fds=(to_child, to_driver), stdin=subprocess.DEVNULL, env=env,
+            process_group=0)  # Ctrl-C signals the terminal's group: the driver's, not this
+    finally:
+        os.close(to_child)
+        os.close(to_driver)
+    return (proc, Connection(from_driver, readable=False),
+            Connection(from_child, writable=False))
+
+
 def _child(argv: list[str]) -> None:
     """The child: read events from the driver, hand them to a RunWriter, answer flushes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle
-    uri, parent_run_id, resumed, from_driver, to_driver = argv
+    uri, from_driver, to_driver = argv
     inbox = Connection(int(from_driver), writable=False)
     outbox = Connection(int(to_driver), readable=False)
     lock = threading.Lock()
@@ -186,28 +216,41 @@ def _child(argv: list[str]) -> None:
         with lock:
             outbox.send(message)
 
+    def receive():
+        try:
+            return inbox.recv()
+        except (EOFError, OSError):
+            os._exit(0)  # the driver is gone (SIGKILL): resume backfills what is queued
+
     from raytune_suite.tracking._mlflow import short_reason
     from raytune_suite.tracking._writer import RunWriter
 
-    writer = RunWriter(uri, parent_run_id, resumed=resumed == "1",
-                       on_offline=lambda e: say(("offline", short_reason(e))))
-    while True:
-        try:
-            message = inbox.recv()
-        except (EOFError, OSError):
-            os._exit(0)  # the driver is gone (SIGKILL): resume backfills what is queued
-        kind = message[0]
-        if kind == "flush":
-            writer.flush()
-            say(("flushed", message[1], dict(writer.requests), writer.seconds))
-        elif kind == "stop":
-            writer.close()
-            say(("stopped", None, dict(writer.requests), writer.seconds))
-            return
-        else:
-            writer.put(message)
+    # MLflow's imports while the driver starts Ray. The store itself is opened only once the
+    # driver has (its first search run comes before "config"): two processes creating the
+    # tables of a new SQLite store at once collide.
+    import mlflow.tracking  # noqa: F401
+    if "://" not in uri or uri.split("://")[0] not in ("http", "https", "databricks"):
+        import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
+    while True:  # one search after the other, until the driver exits
+        _, parent_run_id, resumed = receive()  # ("config", ...): the search to write for
+        writer = RunWriter(uri, parent_run_id, resumed=resumed,
+                           on_offline=lambda e: say(("offline", short_reason(e))))
+        while True:
+            message = receive()
+            kind = message[0]
+            if kind == "flush":
+                writer.flush()
+                say(("flushed", message[1], dict(writer.requests), writer.seconds))
+            elif kind == "stop":
+                writer.close()
+                say(("stopped", None, dict(writer.requests), writer.seconds))
+                break
+            else:
+                writer.put(message)
 
 
-if __name__ == "__main__":
+def main(argv: list[str]) -> None:
+    """The child's entry point (``python -c``, so that its package's ``__init__``, which
+    imports this module, runs first)."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    _child(sys.argv[1:])
+    _child(argv)

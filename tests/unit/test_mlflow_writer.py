@@ -273,7 +273,14 @@ def test_the_writer_process_writes_every_run_and_reports_its_requests(uri, paren
         assert run.data.params == {"lr": "0.1"} and run.data.metrics["best_acc"] == 0.3
     assert writer.requests["create_run"] == 3 and writer.requests["set_terminated"] == 3
     assert writer.close(timeout=60) and writer.offline is None
-    assert writer._proc.returncode == 0
+    # the child, warm, serves the driver's next search with the same store
+    client = tracking.mlflow_client(uri)
+    second = client.create_run(client.get_run(parent).info.experiment_id).info.run_id
+    again = ProcessWriter(uri, second)
+    assert again._proc is writer._proc
+    _trial(again, "d", [1])
+    assert again.close(timeout=60)
+    assert list(_runs(uri, second)) == ["d"] and set(_runs(uri, parent)) == {"a", "b", "c"}
 
 
 def test_the_writer_process_ignores_ctrl_c_so_the_driver_can_flush_it(uri, parent):
@@ -341,3 +348,33 @@ def _alive(pid: int) -> bool:
             return f.read().split(")")[-1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_a_prestarted_writer_process_is_taken_by_the_search(uri, parent):
+    """The runner starts the child while Ray starts; the search's writer takes it."""
+    from raytune_suite.tracking import _writer_process
+
+    tracking.prestart_writer(uri)
+    spare = _writer_process._spares[uri][0]
+    writer = ProcessWriter(uri, parent)
+    assert writer._proc is spare and uri not in _writer_process._spares
+    _trial(writer, "a", [1, 2])
+    assert writer.close(timeout=60)
+    assert _steps(uri, _runs(uri, parent)["a"]) == [1, 2]
+
+
+def test_a_prestarted_writer_process_leaves_the_store_to_the_driver(tmp_path):
+    """Two processes creating a new SQLite store's tables at once collide: the child
+    imports MLflow early but opens the store only once the driver's search run exists."""
+    from raytune_suite.tracking import _writer_process
+
+    db = tmp_path / "mlflow.db"
+    fresh = f"sqlite:///{db}"
+    tracking.prestart_writer(fresh)
+    time.sleep(4)  # long enough for the child's imports on this machine
+    assert _writer_process._spares[fresh][0].poll() is None and not db.exists()
+    client = tracking.mlflow_client(fresh)
+    parent = client.create_run(client.create_experiment("fresh")).info.run_id
+    writer = ProcessWriter(fresh, parent)
+    _trial(writer, "a", [1])
+    assert writer.close(timeout=60) and list(_runs(fresh, parent)) == ["a"]
