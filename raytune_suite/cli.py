@@ -88,6 +88,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parser().parse_args(argv)
+    ray_before = _ray_running()
     try:
         return _COMMANDS[args.command](args)
     except SpecError as e:
@@ -101,6 +102,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    finally:
+        if not ray_before and _ray_running():
+            # The Ray this command started, stopped now that its output is printed: at
+            # interpreter exit Ray's own handler would first sleep 0.5 s, then do the same.
+            sys.modules["ray"].shutdown()
+
+
+def _ray_running() -> bool:
+    ray = sys.modules.get("ray")
+    return ray is not None and ray.is_initialized()
 
 
 def _validate(args) -> int:
@@ -124,6 +135,10 @@ def _run(args) -> int:
     from raytune_suite.experiment import load_spec
 
     phases.mark("imports")
+    if not args.no_mlflow:  # its imports on the idle core while the file is checked
+        from raytune_suite.tracking._writer_process import prestart
+
+        prestart()
     spec, raw = load_spec(args.file, args.overrides)
     from raytune_suite.engine.runner import run_experiment
 

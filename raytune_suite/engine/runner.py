@@ -23,7 +23,7 @@ from raytune_suite.engine.state import (LOCK_FILE, SPEC_FILE, STATE_FILE, adopt_
                                         record_outcomes, resolve_experiment,
                                         set_aside_lost_trials, update_state, write_state)
 from raytune_suite.engine.tuner import (build_tuner, check_storage, init_ray, shared_data,
-                                        show_progress,
+                                        own_loggers_only, show_progress,
                                         to_object_store, trainable, warn_sqlite_on_cluster)
 from raytune_suite.errors import Interrupted, SpecError
 from raytune_suite.experiment import ExperimentSpec, validate
@@ -99,7 +99,7 @@ def run_experiment(spec: ExperimentSpec, raw: dict[str, Any], address: Optional[
     if uri:  # every user mistake is caught by now: nothing was written
         from raytune_suite.tracking import prestart_writer, warm_up
 
-        prestart_writer(uri)  # the trial runs' writer process starts while Ray starts
+        prestart_writer()  # the trial runs' writer process starts while Ray starts
         if not address:
             warm_up(uri)  # MLflow's imports and store, on a thread, while Ray starts
     init_ray(address, log_to_driver=progress is None, spec=spec)
@@ -302,7 +302,8 @@ def _fit_and_finish(spec: ExperimentSpec, tuner, path: Path, state: dict,
     tune_logger = logging.getLogger("ray.tune.tune")
     tune_logger.addHandler(stop_signal)
     try:
-        with console, frequent_snapshots(), storage.atomic_snapshot_uploads():
+        with console, own_loggers_only(), frequent_snapshots(), \
+                storage.atomic_snapshot_uploads():
             results = tuner.fit()
         phases.mark("search done")
     except BaseException as e:

@@ -105,12 +105,30 @@ def build_tuner(spec: ExperimentSpec, callbacks: list, data=None):
         callbacks=[OutcomeCallback(spec.max_t, spec.time_attr,
                                    budget=bool(spec.stop.time_budget_s)), PhaseMarks(),
                    *callbacks,
-                   ResultJsonLogger(), ProgressCsvLogger(),
+                   ResultJsonLogger(), ProgressCsvLogger(), *tensorboard(spec),
                    CheckpointRotation(spec.checkpoint.keep)],
         verbose=1,  # Ray's trial tables, unless show_progress() replaces them
     )
     return tune.Tuner(trainable(spec, data), param_space=parts.param_space,
                       tune_config=tune_config, run_config=run_config)
+
+
+def tensorboard(spec: ExperimentSpec) -> list:
+    """Ray's TensorBoard logger when the file asks for it (``tracking.tensorboard``).
+    Ray adds its default loggers to a search unless ``TUNE_DISABLE_AUTO_CALLBACK_LOGGERS``
+    is set; :func:`own_loggers_only` sets it around ``fit``, so the suite's loggers are the
+    whole list."""
+    if not spec.tracking.tensorboard:
+        return []
+    from ray.tune.logger import TBXLoggerCallback
+
+    return [TBXLoggerCallback()]
+
+
+def own_loggers_only():
+    """The context to run ``fit`` in so that Ray adds none of its default loggers (its
+    JSON and CSV loggers are replaced by the suite's; TensorBoard is opt-in)."""
+    return _environment("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
 
 
 def show_progress(tuner, callbacks: list):
@@ -133,20 +151,20 @@ def show_progress(tuner, callbacks: list):
     run_config.callbacks = [_SilentTrialPrinter(), *(run_config.callbacks or []), *callbacks]
     run_config.progress_reporter = _SilentReporter()
     run_config.verbose = 0
-    return _older_output_engine()
+    return _environment("RAY_AIR_NEW_OUTPUT", "0")  # the older output engine
 
 
 @contextlib.contextmanager
-def _older_output_engine():
-    old = os.environ.get("RAY_AIR_NEW_OUTPUT")
-    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+def _environment(name: str, value: str):
+    old = os.environ.get(name)
+    os.environ[name] = value
     try:
         yield
     finally:
         if old is None:
-            os.environ.pop("RAY_AIR_NEW_OUTPUT", None)
+            os.environ.pop(name, None)
         else:
-            os.environ["RAY_AIR_NEW_OUTPUT"] = old
+            os.environ[name] = old
 
 
 class _SilentTrialPrinter(TrialProgressCallback):

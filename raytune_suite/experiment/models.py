@@ -170,6 +170,10 @@ class MlflowSpec(_Model):
 
 class TrackingSpec(_Model):
     mlflow: MlflowSpec = MlflowSpec()
+    # Ray Tune's TensorBoard files (events.out.tfevents.* per trial). Off by default: MLflow
+    # holds the same curves, and Ray's TensorBoard logger costs the driver an import of
+    # torch (about 1.5 s at start) and a writer thread per trial.
+    tensorboard: bool = False
 
 
 class ExperimentSpec(_Model):

@@ -23,13 +23,15 @@ the loop only pickles each event into a pipe. What stays the same:
   what is left (exactly as the thread would die with its process), and ``resume``
   backfills it from Ray's results; a child that kept writing would race that backfill.
 
-The child starts while Ray starts (:func:`prestart`, called by the runner once the file
-is checked), and serves every later search of the same driver and store: its imports
-(MLflow, SQLAlchemy: seconds of CPU) are paid once per driver, never during a search.
+The child starts first thing (:func:`prestart`, called by ``raytune-suite run``), while
+the driver checks the file and starts Ray, and serves every later search of the same
+driver: its imports (MLflow, SQLAlchemy: seconds of CPU) are paid once per driver, on a
+core the driver leaves idle meanwhile, never during a search.
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import signal
@@ -63,15 +65,16 @@ class ProcessWriter:
         self._flushes = 0
         self._closing = False
         self._stopped = False  # the child acknowledged "stop"
-        spare = _spares.pop(uri, None)
+        global _spare
+        spare, _spare = _spare, None
         if spare is None or spare[0].poll() is not None:
-            spare = _spawn(uri)
+            spare = _spawn()
         self._proc, self._send_conn, self._recv_conn = spare
         self._send_lock = threading.Lock()
         self._reader = threading.Thread(target=self._read, name="mlflow-writer-pipe",
                                         daemon=True)
         self._reader.start()
-        self._send(("config", parent_run_id, resumed), control=True)
+        self._send(("config", uri, parent_run_id, resumed), control=True)
 
     # ---- the loop's side ----------------------------------------------------------------
 
@@ -104,8 +107,9 @@ class ProcessWriter:
         self._closing = True
         self._send(("stop",), control=True)
         self._reader.join(timeout)
-        if self._stopped and self._proc.poll() is None:
-            _spares.setdefault(self.uri, (self._proc, self._send_conn, self._recv_conn))
+        global _spare
+        if self._stopped and self._proc.poll() is None and _spare is None:
+            _spare = (self._proc, self._send_conn, self._recv_conn)
         elif self._proc.poll() is None:
             self._proc.kill()
         logger.debug("MLflow writer process: %d requests (%s), %.2f s in them, loop waited "
@@ -167,19 +171,28 @@ class ProcessWriter:
             self.on_offline(RuntimeError(reason))
 
 
-_spares: dict[str, tuple] = {}  # uri -> a started child that waits for its search
+_spare: Optional[tuple] = None  # a started child that waits for its next search
 
 
-def prestart(uri: str) -> None:
-    """Start the writer process for ``uri`` now, so that its imports (MLflow: seconds)
-    and the store's opening overlap Ray's start instead of the search's first trials. The
-    next :class:`ProcessWriter` for ``uri`` takes it; unused, it exits with the driver."""
-    if uri not in _spares:
-        _spares[uri] = _spawn(uri)
+def prestart() -> None:
+    """Start a writer process now, so that its imports (MLflow and SQLAlchemy: over 2 s of
+    CPU) run while the driver checks the file and starts Ray, and none of it during the
+    search. The CLI calls it first thing; it writes and connects to nothing until a
+    :class:`ProcessWriter` takes it with its store's URI; unused, it is stopped when the
+    driver exits."""
+    global _spare
+    if _spare is None or _spare[0].poll() is not None:
+        _spare = _spawn()
 
 
-def _spawn(uri: str) -> tuple:
-    """A child process for ``uri`` and the two ends of its pipes: (process, send, recv)."""
+@atexit.register
+def _stop_spare() -> None:
+    if _spare is not None and _spare[0].poll() is None:
+        _spare[0].kill()
+
+
+def _spawn() -> tuple:
+    """A child process and the two ends of its pipes: (process, send, recv)."""
     to_child, from_driver = os.pipe()
     from_child, to_driver = os.pipe()
     try:
@@ -194,7 +207,7 @@ def _spawn(uri: str) -> tuple:
     try:
         proc = subprocess.Popen(
             [sys.executable, "-c", f"import sys; from {__name__} import main; main(sys.argv[1:])",
-             uri, str(to_child), str(to_driver)],
+             str(to_child), str(to_driver)],
             pass_fds=(to_child, to_driver), stdin=subprocess.DEVNULL, env=env,
             process_group=0)  # Ctrl-C signals the terminal's group: the driver's, not this
     finally:
@@ -207,7 +220,7 @@ def _spawn(uri: str) -> tuple:
 def _child(argv: list[str]) -> None:
     """The child: read events from the driver, hand them to a RunWriter, answer flushes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle
-    uri, from_driver, to_driver = argv
+    from_driver, to_driver = argv
     inbox = Connection(int(from_driver), writable=False)
     outbox = Connection(int(to_driver), readable=False)
     lock = threading.Lock()
@@ -225,14 +238,13 @@ def _child(argv: list[str]) -> None:
     from raytune_suite.tracking._mlflow import short_reason
     from raytune_suite.tracking._writer import RunWriter
 
-    # MLflow's imports while the driver starts Ray. The store itself is opened only once the
-    # driver has (its first search run comes before "config"): two processes creating the
-    # tables of a new SQLite store at once collide.
+    # MLflow's imports while the driver checks the file and starts Ray. A store is opened
+    # only once the driver has opened it (its search run comes before "config"): two
+    # processes creating the tables of a new SQLite store at once collide.
+    import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
     import mlflow.tracking  # noqa: F401
-    if "://" not in uri or uri.split("://")[0] not in ("http", "https", "databricks"):
-        import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
     while True:  # one search after the other, until the driver exits
-        _, parent_run_id, resumed = receive()  # ("config", ...): the search to write for
+        _, uri, parent_run_id, resumed = receive()  # ("config", ...): the next search
         writer = RunWriter(uri, parent_run_id, resumed=resumed,
                            on_offline=lambda e: say(("offline", short_reason(e))))
         while True:

@@ -1,7 +1,7 @@
 """Searchers x schedulers on embedded Ray, in-process (one shared Ray runtime)."""
 
 import textwrap
-
+from pathlib import Path
 
 from helpers import EXPERIMENTS, mlflow_runs
 from raytune_suite.engine.runner import run_experiment
@@ -37,6 +37,26 @@ def test_custom_trainable_by_import_path_under_hyperopt_and_asha(ray_local, in_t
     assert outcome.best.config["kind"] == "a"
     runs = mlflow_runs(in_tmp, "custom")
     assert (runs["tags.raytune_suite.role"] == "trial").sum() == 10
+    # Ray's own loggers are replaced: its JSON and CSV files, no TensorBoard ones
+    trial_dirs = [p for p in Path(outcome.path).iterdir() if p.is_dir()]
+    assert len(trial_dirs) == 10
+    assert all((p / "result.json").exists() and (p / "progress.csv").exists()
+               for p in trial_dirs)
+    assert not list(Path(outcome.path).rglob("events.out.tfevents.*"))
+
+
+def test_tensorboard_files_on_request(ray_local, in_tmp, monkeypatch):
+    (in_tmp / "my_objectives.py").write_text(OBJECTIVE)
+    monkeypatch.syspath_prepend(str(in_tmp))
+    spec = validate({
+        "name": "with-tensorboard", "trainable": "my_objectives:objective",
+        "search_space": {"x": {"uniform": [0.0, 1.0]}, "kind": {"choice": ["a", "b"]}},
+        "metric": "loss", "mode": "min", "search": {"num_samples": 2, "seed": 0},
+        "tracking": {"mlflow": {"enabled": False}, "tensorboard": True},
+    })
+    outcome = run_experiment(spec, {"name": "with-tensorboard"}, use_mlflow=False)
+    assert outcome.errors == 0
+    assert len(list(Path(outcome.path).glob("*/events.out.tfevents.*"))) == 2
 
 
 def test_iris_grid_runs_every_combination(ray_local, in_tmp):

@@ -354,10 +354,10 @@ def test_a_prestarted_writer_process_is_taken_by_the_search(uri, parent):
     """The runner starts the child while Ray starts; the search's writer takes it."""
     from raytune_suite.tracking import _writer_process
 
-    tracking.prestart_writer(uri)
-    spare = _writer_process._spares[uri][0]
+    tracking.prestart_writer()
+    spare = _writer_process._spare[0]
     writer = ProcessWriter(uri, parent)
-    assert writer._proc is spare and uri not in _writer_process._spares
+    assert writer._proc is spare and _writer_process._spare is None
     _trial(writer, "a", [1, 2])
     assert writer.close(timeout=60)
     assert _steps(uri, _runs(uri, parent)["a"]) == [1, 2]
@@ -370,9 +370,9 @@ def test_a_prestarted_writer_process_leaves_the_store_to_the_driver(tmp_path):
 
     db = tmp_path / "mlflow.db"
     fresh = f"sqlite:///{db}"
-    tracking.prestart_writer(fresh)
+    tracking.prestart_writer()
     time.sleep(4)  # long enough for the child's imports on this machine
-    assert _writer_process._spares[fresh][0].poll() is None and not db.exists()
+    assert _writer_process._spare[0].poll() is None and not db.exists()
     client = tracking.mlflow_client(fresh)
     parent = client.create_run(client.create_experiment("fresh")).info.run_id
     writer = ProcessWriter(fresh, parent)
