@@ -1,5 +1,5 @@
-"""Ray Tune callback logging every trial to MLflow from the driver (workers never need
-access to the tracking store), through a background writer (``tracking._writer``)."""
+"""Ray Tune callback logging every trial to MLflow from the driver's machine (workers never
+need access to the tracking store), through a writer process (``tracking._writer_process``)."""
 
 from __future__ import annotations
 
@@ -21,9 +21,10 @@ class TrialRunsCallback(LoggerCallback):
 
     What it does, each for a reason:
     - every hook turns Ray's trial and result into plain MLflow records and hands them
-      to a :class:`~raytune_suite.tracking._writer.RunWriter`, which makes the requests
-      on its own thread: the driver loop never waits on MLflow (unless the writer's
-      queue is full), and a trial costs ``create_run``, one ``log_batch`` per batch of
+      to a :class:`~raytune_suite.tracking._writer.RunWriter` in a process of its own
+      (:class:`~raytune_suite.tracking._writer_process.ProcessWriter`), which makes the
+      requests: the driver loop never waits on MLflow (unless the writer's queue is
+      full) nor shares its GIL with MLflow's client, and a trial costs ``create_run``, one ``log_batch`` per batch of
       results (its params in the first, its outcome in the last) and ``set_terminated``;
     - runs are named for what tells trials apart (``tracking._names.run_name``); Ray's
       bookkeeping and the ``epoch`` copy of the step are not logged;
