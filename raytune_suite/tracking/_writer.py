@@ -63,7 +63,28 @@ class _Flush:
 _STOP = object()
 
 
-class RunWriter:
+class Events:
+    """The events of trial runs, as the callback hands them to a writer (``put``)."""
+
+    def put(self, event: tuple) -> None:
+        raise NotImplementedError
+
+    def start(self, key: str, name: str, tags: dict[str, str], params: list = ()) -> None:
+        """The trial ``key`` started (or restarted): create its run, or mark it RUNNING
+        again; ``params`` go with the run's next request."""
+        self.put(("start", key, (name, dict(tags), list(params))))
+
+    def log(self, key: str, step: int, metrics: list = (), params: list = (),
+            tags: list = ()) -> None:
+        """Metrics of one result (all at ``step``), params and tags of run ``key``."""
+        self.put(("data", key, (step, list(metrics), list(params), list(tags))))
+
+    def end(self, key: str, status: str, metrics: list = (), tags: list = ()) -> None:
+        """The trial ended: ``metrics`` and ``tags`` in its last request, then ``status``."""
+        self.put(("end", key, (status, list(metrics), list(tags))))
+
+
+class RunWriter(Events):
     """A writer thread for the trial runs (children of ``parent_run_id``) of one search.
 
     Args:
@@ -96,20 +117,6 @@ class RunWriter:
         self._thread.start()
 
     # ---- the loop's side: enqueue and return -------------------------------------------
-
-    def start(self, key: str, name: str, tags: dict[str, str], params: list = ()) -> None:
-        """The trial ``key`` started (or restarted): create its run, or mark it RUNNING
-        again; ``params`` go with the run's next request."""
-        self._put(("start", key, (name, dict(tags), list(params))))
-
-    def log(self, key: str, step: int, metrics: list = (), params: list = (),
-            tags: list = ()) -> None:
-        """Metrics of one result (all at ``step``), params and tags of run ``key``."""
-        self._put(("data", key, (step, list(metrics), list(params), list(tags))))
-
-    def end(self, key: str, status: str, metrics: list = (), tags: list = ()) -> None:
-        """The trial ended: ``metrics`` and ``tags`` in its last request, then ``status``."""
-        self._put(("end", key, (status, list(metrics), list(tags))))
 
     def put(self, event: tuple) -> None:
         """An event as ``start``, ``log`` and ``end`` make it: ``(kind, key, payload)``."""

@@ -44,12 +44,14 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Callable, Optional
 
+from raytune_suite.tracking._writer import Events
+
 logger = logging.getLogger(__name__)
 
 PIPE_BYTES = 1 << 20  # the driver -> writer pipe's buffer (Linux allows 1 MiB unprivileged)
 
 
-class ProcessWriter:
+class ProcessWriter(Events):
     """A :class:`~raytune_suite.tracking._writer.RunWriter` in a child process, with its
     interface: ``start``, ``log``, ``end``, ``flush``, ``close``, ``offline``,
     ``requests`` (by method, known once flushed) and ``waited``."""
@@ -78,15 +80,8 @@ class ProcessWriter:
 
     # ---- the loop's side ----------------------------------------------------------------
 
-    def start(self, key: str, name: str, tags: dict[str, str], params: list = ()) -> None:
-        self._send(("start", key, (name, dict(tags), list(params))))
-
-    def log(self, key: str, step: int, metrics: list = (), params: list = (),
-            tags: list = ()) -> None:
-        self._send(("data", key, (step, list(metrics), list(params), list(tags))))
-
-    def end(self, key: str, status: str, metrics: list = (), tags: list = ()) -> None:
-        self._send(("end", key, (status, list(metrics), list(tags))))
+    def put(self, event: tuple) -> None:
+        self._send(event)
 
     def flush(self, timeout: Optional[float] = None) -> bool:
         """Wait until the child has written (or, offline, dropped) everything sent so far;
@@ -235,8 +230,10 @@ def _child(argv: list[str]) -> None:
         except (EOFError, OSError):
             os._exit(0)  # the driver is gone (SIGKILL): resume backfills what is queued
 
-    from raytune_suite.tracking._mlflow import short_reason
+    from raytune_suite.tracking._mlflow import configure_client, short_reason
     from raytune_suite.tracking._writer import RunWriter
+
+    configure_client()  # fail over in seconds: the driver set it after this child started
 
     # MLflow's imports while the driver checks the file and starts Ray. A store is opened
     # only once the driver has opened it (its search run comes before "config"): two
