@@ -102,6 +102,10 @@ def run_experiment(spec: ExperimentSpec, raw: dict[str, Any], address: Optional[
         prestart_writer()  # the trial runs' writer process starts while Ray starts
         if not address:
             warm_up(uri)  # MLflow's imports and store, on a thread, while Ray starts
+    else:  # `run` started a writer before it knew MLflow is off for this file
+        from raytune_suite.tracking import stop_spare_writer
+
+        stop_spare_writer()
     init_ray(address, log_to_driver=progress is None, spec=spec)
     phases.mark("Ray started")
     check_storage(spec)

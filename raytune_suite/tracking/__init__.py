@@ -24,11 +24,12 @@ from raytune_suite.tracking._search import (DESCRIPTION_TAG, EPOCHS_METRIC, EXPL
                                             record_leaderboard, reopen_run,
                                             start_search_run)
 from raytune_suite.tracking._writer_process import prestart as prestart_writer
+from raytune_suite.tracking._writer_process import stop_spare as stop_spare_writer
 from raytune_suite.tracking._ui import mlflow_executable, ui_command, ui_hint, ui_link
 
 __all__ = ["backfill_runs", "end_tags", "check_reachable", "configure_client", "flatten",
            "metric", "mlflow_client", "param", "tag", "resolve_tracking_uri", "short_reason",
-           "warm_up", "prestart_writer",
+           "warm_up", "prestart_writer", "stop_spare_writer",
            "SKIP_METRICS", "Layout", "layout", "result_metrics", "run_name",
            "EXPERIMENT_PATH_TAG", "OUTCOME_TAG", "ROLE_TAG", "STOP_REASON_TAG", "TRIAL_ID_TAG",
            "child_runs", "close_open_runs", "close_trial_run", "discard_search", "find_trial_run",

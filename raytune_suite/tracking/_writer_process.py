@@ -181,9 +181,14 @@ def prestart() -> None:
 
 
 @atexit.register
-def _stop_spare() -> None:
+def stop_spare() -> None:
+    """Stop the waiting child, if any: at exit, and when the search turns out to log
+    nothing to MLflow (``tracking.mlflow.enabled: false``), so that its imports do not
+    compete with Ray's start."""
+    global _spare
     if _spare is not None and _spare[0].poll() is None:
         _spare[0].kill()
+    _spare = None
 
 
 def _spawn() -> tuple:

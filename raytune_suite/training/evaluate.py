@@ -21,9 +21,8 @@ def evaluate_checkpoint(path: str | Path) -> dict[str, Any]:
     """
     from sklearn.metrics import classification_report
 
+    from raytune_suite.training.data import data_spec, load_dataset
     from raytune_suite.training.loop import Trainer
-    from raytune_suite.training.data import data_spec
-    from raytune_suite.training.data import load_dataset
 
     state = ckpt.load(path)
     cfg = ClassifierConfig.model_validate(state["config"])

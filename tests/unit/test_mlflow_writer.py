@@ -378,3 +378,13 @@ def test_a_prestarted_writer_process_leaves_the_store_to_the_driver(tmp_path):
     writer = ProcessWriter(fresh, parent)
     _trial(writer, "a", [1])
     assert writer.close(timeout=60) and list(_runs(fresh, parent)) == ["a"]
+
+
+def test_a_spare_writer_process_is_stopped_when_mlflow_is_off():
+    """`run` starts a writer before it reads the file; a file with MLflow off stops it."""
+    from raytune_suite.tracking import _writer_process
+
+    tracking.prestart_writer()
+    child = _writer_process._spare[0]
+    tracking.stop_spare_writer()
+    assert _writer_process._spare is None and child.wait(10) is not None
