@@ -44,6 +44,11 @@ def param_importance(trials: list[dict[str, Any]], params: list[tuple[str, Domai
     if len(rows) < 2:
         return Importance(METHOD, note=f"needs at least 2 finished trials with a finite "
                                        f"metric, but got {len(rows)}")
+    scores = {float(t["value"]) for t in rows}
+    if len(scores) == 1:
+        return Importance(METHOD, note=f"every finished trial has the same best metric "
+                                       f"({scores.pop():g}), so there is no variance for any "
+                                       "hyperparameter to explain")
     distributions, constant = {}, []
     for name, domain in params:
         values = [param_value(t["config"].get(name)) for t in rows]
@@ -67,7 +72,15 @@ def param_importance(trials: list[dict[str, Any]], params: list[tuple[str, Domai
         # fANOVA of a single parameter is 1 by definition.
         return Importance(METHOD, {next(iter(distributions)): 1.0}, note)
     evaluator = optuna.importance.FanovaImportanceEvaluator(seed=seed)
-    found = optuna.importance.get_param_importances(study, evaluator=evaluator)
+    try:
+        found = optuna.importance.get_param_importances(study, evaluator=evaluator)
+    except RuntimeError as e:
+        if "zero total variance" not in str(e):
+            raise
+        # every tree of the forest saw one metric value (its bootstrap sample drew equal
+        # scores): with so few trials fANOVA has nothing to split
+        return Importance(METHOD, note=f"fANOVA's forest found no variance to explain in "
+                                       f"{len(rows)} trials")
     return Importance(METHOD, {k: float(v) for k, v in found.items()}, note)
 
 

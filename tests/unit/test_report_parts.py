@@ -153,6 +153,16 @@ def test_importance_with_too_few_trials_or_constant_params_says_why():
     assert single.values == {"lr": 1.0}
 
 
+def test_importance_of_trials_that_all_scored_the_same_says_so():
+    # PBT's exploit often leaves two trials with the same final accuracy: fANOVA then
+    # raises "zero total variance"; the report says why there is no chart instead
+    trials = [{"config": {"lr": lr, "dropout": d, "opt": "adam"}, "value": 0.96}
+              for lr, d in [(0.001, 0.1), (0.03, 0.4)]]
+    found = param_importance(trials, SPACE, "max")
+    assert found.values == {} and "fANOVA" in found.method
+    assert "same best metric (0.96)" in found.note
+
+
 def test_importance_accepts_values_pbt_moved_and_conditional_options():
     space = list(parse({"bs": {"qrandint": [16, 128, 16]},
                         "opt": {"choice": [{"name": "adam"},
