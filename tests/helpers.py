@@ -18,6 +18,9 @@ def cli_env(**extra) -> dict:
 # worker killed at the end of a search may print a traceback) stays in Ray's log files.
 _RAY_INIT = dict(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING",
                  log_to_driver=False,
+                 # as the suite's own runtime: the workers Ray would start for any job
+                 # never serve one with a runtime_env, and cost a core while they start
+                 _system_config={"prestart_worker_first_driver": False},
                  runtime_env={"worker_process_setup_hook":
                               "raytune_suite.engine.tuner.quiet_worker_logs"})
 
