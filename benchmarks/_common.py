@@ -324,3 +324,56 @@ def record(heading: str, columns: Sequence[str], cells: Sequence[str]) -> None:
     """Append the run's row to BENCHMARKS.md and say where it went."""
     append_row(heading, columns, cells)
     print(f"\nrecorded in {BENCHMARKS_MD}")
+
+
+def append_row_to_table(heading: str, columns: Sequence[str], cells: Sequence[str], note: str,
+                        path: Path = BENCHMARKS_MD) -> None:
+    """Append one row to the table of section ``## heading`` whose header is ``columns``.
+
+    For a benchmark whose columns changed: the rows already recorded keep their own table
+    and stay readable. Without a table of these columns in the section, a new one starts
+    after the section's last table line, introduced by ``note`` (one line saying what
+    changed). The file and the section are created when missing, as by :func:`append_row`.
+    """
+    if len(columns) != len(cells):
+        raise ValueError(f"cells must match columns ({len(columns)}), got {len(cells)} cells")
+    text = path.read_text() if path.exists() else INTRO
+    lines = text.rstrip("\n").split("\n")
+    title = f"## {heading}"
+    header = "| " + " | ".join(_cell(c) for c in columns) + " |"
+    row = "| " + " | ".join(_cell(c) for c in cells) + " |"
+    if title not in lines:
+        lines += ["", title, ""]
+    start = lines.index(title)
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")),
+               len(lines))
+    if header in lines[start + 1:end]:
+        at = lines.index(header, start + 1, end)
+        while at + 1 < end and lines[at + 1].startswith("|"):
+            at += 1  # the table's last row
+        lines.insert(at + 1, row)
+    else:
+        table = [i for i in range(start + 1, end) if lines[i].startswith("|")]
+        at = table[-1] + 1 if table else end
+        while not table and at > start + 1 and not lines[at - 1].strip():
+            at -= 1  # after the section's text, before the blank lines that close it
+        block = [note, "", header, "|" + "---|" * len(columns), row]
+        lines[at:at] = ([""] if lines[at - 1].strip() else []) + block
+    while not lines[-1].strip():
+        lines.pop()
+    fd, partial = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write("\n".join(lines) + "\n")
+        os.replace(partial, path)
+    finally:
+        if os.path.exists(partial):
+            os.remove(partial)
+
+
+def record_to_table(heading: str, columns: Sequence[str], cells: Sequence[str],
+                    note: str) -> None:
+    """:func:`record` into the section's table of these columns (see
+    :func:`append_row_to_table`)."""
+    append_row_to_table(heading, columns, cells, note)
+    print(f"\nrecorded in {BENCHMARKS_MD}")

@@ -19,9 +19,9 @@ from helpers import ROOT, cli_env
 BENCHMARKS_MD = ROOT / "BENCHMARKS.md"
 
 
-# Longest first (memory and scale start two Ray runtimes each), so that the pool never
-# ends with one long script running alone.
-SCRIPTS = ("memory.py", "scale.py", "overhead.py", "time_to_accuracy.py", "small_search.py",
+# Longest first (memory, scale and time_to_accuracy start two Ray runtimes each), so that
+# the pool never ends with one long script running alone.
+SCRIPTS = ("memory.py", "scale.py", "time_to_accuracy.py", "overhead.py", "small_search.py",
            "data_sharing.py", "throughput.py")
 
 
@@ -71,12 +71,23 @@ def test_overhead_compares_ray_defaults_reuse_and_the_suite(smoke_runs):
     assert "MLflow (SQLite) adds" in out
 
 
-def test_time_to_accuracy_runs_grid_and_suite(smoke_runs):
+def test_time_to_accuracy_runs_every_peer(smoke_runs):
     out = smoke("time_to_accuracy.py", smoke_runs)
-    assert re.search(r"^=== hand grid: [\d.]+ s; 18 results", out, re.M)  # 9 trials x 2 epochs
-    assert re.search(r"^=== suite: [\d.]+ s; \d+ results", out, re.M)
-    assert "median time to val_accuracy >= 0.97: hand grid" in out
-    assert re.search(r"suite (never )?worse at equal time", out)
+    for side in ("hand grid", "raw Ray Tune", "Optuna", "suite"):
+        # 2 trials x 2 epochs a side: each side searched and its results were counted
+        found = re.search(rf"^=== {re.escape(side)}: search [\d.]+ s, start-up [\d.]+ s; "
+                          r"2 trials, (\d+) results, the first at [\d.]+ s", out, re.M)
+        assert found, (side, out[-3000:])
+        assert int(found.group(1)) == 4, (side, found.group(0))
+    assert re.search(r"^median time to val_accuracy >= 0\.975 \(s\): hand grid \S+; "
+                     r"raw Ray Tune \S+; Optuna \S+; suite \S+$", out, re.M), out[-3000:]
+    assert re.search(r"^hand grid / suite: .*\(aim (NOT )?met: >= 3x\)$", out, re.M)
+    assert re.search(r"^suite / Optuna: .*\(aim (NOT )?met: <= 1x\)$", out, re.M)
+    assert re.search(r"^suite (never worse at equal wall-clock than hand grid, raw Ray Tune, "
+                     r"Optuna in 1 seed|worse at equal wall-clock in seed\(s\) 0 )", out, re.M)
+    # each side's best configuration trained again and scored on the test split
+    assert re.search(r"^median test accuracy .*: hand grid [\d.]+; raw Ray Tune [\d.]+; "
+                     r"Optuna [\d.]+; suite [\d.]+$", out, re.M)
 
 
 def test_small_search_times_the_suite_and_optuna_from_launch(smoke_runs):
