@@ -157,17 +157,8 @@ def append_row(heading: str, columns: Sequence[str], cells: Sequence[str],
     The file (with :data:`INTRO`), the section and its table header are created when
     missing. The row goes after the section's last table line.
     """
-    if len(columns) != len(cells):
-        raise ValueError(f"cells must match columns ({len(columns)}), got {len(cells)} cells")
-    text = path.read_text() if path.exists() else INTRO
-    lines = text.rstrip("\n").split("\n")
-    title = f"## {heading}"
+    lines, start, end = _section(heading, columns, cells, path)
     row = "| " + " | ".join(_cell(c) for c in cells) + " |"
-    if title not in lines:
-        lines += ["", title, ""]
-    start = lines.index(title)
-    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")),
-               len(lines))
     table = [i for i in range(start + 1, end) if lines[i].startswith("|")]
     if table:
         lines.insert(table[-1] + 1, row)
@@ -177,6 +168,28 @@ def append_row(heading: str, columns: Sequence[str], cells: Sequence[str],
         while at > start + 1 and not lines[at - 1].strip():
             at -= 1  # after the section's text, before the blank lines that close it
         lines[at:at] = ([""] if lines[at - 1].strip() else []) + header
+    _write(path, lines)
+
+
+def _section(heading: str, columns: Sequence[str], cells: Sequence[str],
+             path: Path) -> tuple[list[str], int, int]:
+    """The lines of ``path`` (:data:`INTRO` if missing) with section ``## heading`` in them
+    (added at the end if missing), the index of its title and of the line after it."""
+    if len(columns) != len(cells):
+        raise ValueError(f"cells must match columns ({len(columns)}), got {len(cells)} cells")
+    text = path.read_text() if path.exists() else INTRO
+    lines = text.rstrip("\n").split("\n")
+    title = f"## {heading}"
+    if title not in lines:
+        lines += ["", title, ""]
+    start = lines.index(title)
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")),
+               len(lines))
+    return lines, start, end
+
+
+def _write(path: Path, lines: list[str]) -> None:
+    """Replace ``path`` with ``lines`` at once (a temporary file renamed over it)."""
     fd, partial = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(fd, "w") as f:
@@ -340,18 +353,9 @@ def append_row_to_table(heading: str, columns: Sequence[str], cells: Sequence[st
     after the section's last table line, introduced by ``note`` (one line saying what
     changed). The file and the section are created when missing, as by :func:`append_row`.
     """
-    if len(columns) != len(cells):
-        raise ValueError(f"cells must match columns ({len(columns)}), got {len(cells)} cells")
-    text = path.read_text() if path.exists() else INTRO
-    lines = text.rstrip("\n").split("\n")
-    title = f"## {heading}"
+    lines, start, end = _section(heading, columns, cells, path)
     header = "| " + " | ".join(_cell(c) for c in columns) + " |"
     row = "| " + " | ".join(_cell(c) for c in cells) + " |"
-    if title not in lines:
-        lines += ["", title, ""]
-    start = lines.index(title)
-    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")),
-               len(lines))
     if header in lines[start + 1:end]:
         at = lines.index(header, start + 1, end)
         while at + 1 < end and lines[at + 1].startswith("|"):
@@ -366,14 +370,7 @@ def append_row_to_table(heading: str, columns: Sequence[str], cells: Sequence[st
         lines[at:at] = ([""] if lines[at - 1].strip() else []) + block
     while not lines[-1].strip():
         lines.pop()
-    fd, partial = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write("\n".join(lines) + "\n")
-        os.replace(partial, path)
-    finally:
-        if os.path.exists(partial):
-            os.remove(partial)
+    _write(path, lines)
 
 
 def record_to_table(heading: str, columns: Sequence[str], cells: Sequence[str],
