@@ -311,16 +311,16 @@ class ResultWatcher(threading.Thread):
     def first_reaching(self, metric: str, target: float) -> Optional[float]:
         """Seconds until some trial first reported ``metric >= target``; None if never."""
         return next((r.seconds for r in self.seen
-                     if _number(r.result.get(metric)) >= target), None)
+                     if metric_number(r.result.get(metric)) >= target), None)
 
     def best_by(self, seconds: float, metric: str) -> Optional[float]:
         """The highest ``metric`` any trial had reported by ``seconds``; None before any."""
-        values = [_number(r.result.get(metric)) for r in self.seen if r.seconds <= seconds]
+        values = [metric_number(r.result.get(metric)) for r in self.seen if r.seconds <= seconds]
         values = [v for v in values if v > float("-inf")]
         return max(values) if values else None
 
 
-def _number(value) -> float:
+def metric_number(value) -> float:
     """A metric as a float; missing, non-numeric or NaN values never reach a target."""
     try:
         number = float(value)

@@ -184,14 +184,6 @@ class Run:
     results_expected: Optional[int]  # None: a pruner decides
 
 
-def _number(value) -> float:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return -math.inf
-    return number if number == number else -math.inf
-
-
 def load_file() -> dict:
     return yaml.safe_load(FILE.read_text())
 
@@ -242,7 +234,7 @@ def run_suite_side(side: str, seed: int, args: argparse.Namespace, storage: str,
         seconds = time.monotonic() - watcher.t0
         seen = watcher.stop()
     keys = searched(args.file) if side == SUITE else list(args.grid)
-    points = [Point(r.seconds, r.trial, _number(r.result.get(METRIC)),
+    points = [Point(r.seconds, r.trial, _common.metric_number(r.result.get(METRIC)),
                     {k: r.result.get("config", {}).get(k) for k in keys}) for r in seen]
     return Run(side, seed, startup, seconds, Timeline(points), len(outcome.trials),
                outcome.errors, sum(t.epochs for t in outcome.trials))
@@ -269,7 +261,7 @@ def run_peer(side: str, seed: int, args: argparse.Namespace, folder: str, tag: s
               if line.startswith(EVENT)]
     at = {e["event"]: e for e in events if e["event"] != "result"}
     start = at["start"]["t"]
-    points = [Point(e["t"] - start, str(e["trial"]), _number(e["value"]), e["config"])
+    points = [Point(e["t"] - start, str(e["trial"]), _common.metric_number(e["value"]), e["config"])
               for e in events if e["event"] == "result"]
     if "warm-up" in at:
         print(f"{side}: untimed warm-up search {at['warm-up']['seconds']:.1f} s")

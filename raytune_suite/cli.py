@@ -136,9 +136,9 @@ def _run(args) -> int:
 
     phases.mark("imports")
     if not args.no_mlflow:  # its imports on the idle core while the file is checked
-        from raytune_suite.tracking._writer_process import prestart
+        from raytune_suite.tracking import prestart_writer
 
-        prestart()
+        prestart_writer()
     spec, raw = load_spec(args.file, args.overrides)
     from raytune_suite.engine.runner import run_experiment
 

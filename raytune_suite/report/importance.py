@@ -72,15 +72,7 @@ def param_importance(trials: list[dict[str, Any]], params: list[tuple[str, Domai
         # fANOVA of a single parameter is 1 by definition.
         return Importance(METHOD, {next(iter(distributions)): 1.0}, note)
     evaluator = optuna.importance.FanovaImportanceEvaluator(seed=seed)
-    try:
-        found = optuna.importance.get_param_importances(study, evaluator=evaluator)
-    except RuntimeError as e:
-        if "zero total variance" not in str(e):
-            raise
-        # every tree of the forest saw one metric value (its bootstrap sample drew equal
-        # scores): with so few trials fANOVA has nothing to split
-        return Importance(METHOD, note=f"fANOVA's forest found no variance to explain in "
-                                       f"{len(rows)} trials")
+    found = optuna.importance.get_param_importances(study, evaluator=evaluator)
     return Importance(METHOD, {k: float(v) for k, v in found.items()}, note)
 
 

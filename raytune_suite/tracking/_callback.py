@@ -24,8 +24,9 @@ class TrialRunsCallback(LoggerCallback):
       to a :class:`~raytune_suite.tracking._writer.RunWriter` in a process of its own
       (:class:`~raytune_suite.tracking._writer_process.ProcessWriter`), which makes the
       requests: the driver loop never waits on MLflow (unless the writer's queue is
-      full) nor shares its GIL with MLflow's client, and a trial costs ``create_run``, one ``log_batch`` per batch of
-      results (its params in the first, its outcome in the last) and ``set_terminated``;
+      full) nor shares its GIL with MLflow's client, and a trial costs ``create_run``,
+      one ``log_batch`` per batch of results (its params in the first, its outcome in
+      the last) and ``set_terminated``;
     - runs are named for what tells trials apart (``tracking._names.run_name``); Ray's
       bookkeeping and the ``epoch`` copy of the step are not logged;
     - every trial run carries the Ray trial id and the parent search run, and is found
