@@ -14,7 +14,7 @@ from typing import Any, Callable, Optional
 
 import yaml
 
-from raytune_suite.engine import phases, registry, storage
+from raytune_suite.engine import extend, phases, registry, storage
 from raytune_suite.engine.checkpoints import frequent_snapshots
 from raytune_suite.engine.logs import quiet_trial_tracebacks, quiet_unreported_trials
 from raytune_suite.engine.outcomes import settle
@@ -206,18 +206,28 @@ def _callbacks(spec: ExperimentSpec, path: Path, state: dict) -> list:
 
 
 def resume_experiment(ref: str, address: Optional[str] = None,
-                      progress: Optional[Progress] = None) -> Outcome:
+                      progress: Optional[Progress] = None, more_samples: int = 0) -> Outcome:
     """Restore an interrupted experiment (``Tuner.restore``) and finish it. One that
     stopped before Ray saved any state is started afresh from its saved file.
-    ``progress``: as for :func:`run_experiment`."""
+    ``progress``: as for :func:`run_experiment`. ``more_samples``: trials to add to the
+    search (``raytune-suite extend``; the search may have ended)."""
     from ray import tune
 
     path = resolve_experiment(ref)
     raw = yaml.safe_load((path / SPEC_FILE).read_text())
     spec = validate(raw)
     registry.check(spec)
+    if more_samples:
+        extend.check_extendable(spec, more_samples)
     with experiment_lock(path):
         adopt_old_names(path)  # before Ray copies the folder's .json files (state.py)
+        if more_samples:
+            if not has_ray_state(path):
+                raise SpecError("EXPERIMENT", "has no results yet to extend; run "
+                                              f"`raytune-suite resume {path}` first", str(path))
+            extend.grow_search(path, spec, more_samples)
+            raw = yaml.safe_load((path / SPEC_FILE).read_text())
+            spec = validate(raw)  # its num_samples now counts the new trials
         state = read_state(path)
         state.setdefault("tracking_uri", None)
         state.setdefault("parent_run_id", None)
@@ -240,6 +250,7 @@ def resume_experiment(ref: str, address: Optional[str] = None,
         quiet_unreported_trials()
         tuner = tune.Tuner.restore(str(path), trainable=trainable(spec, to_object_store(data)),
                                    resume_unfinished=True, resume_errored=True)
+        extend.seed_asha_rungs(tuner, path, spec)
         phases.mark("search built")
         del data
         return _fit_and_finish(spec, tuner, path, state, progress)

@@ -35,3 +35,31 @@ def pytest_collection_modifyitems(items):
     integration = [k for k, i in enumerate(rest) if "integration" in i.path.parts]
     if last and integration:
         items[:] = rest[:integration[-1] + 1] + last + rest[integration[-1] + 1:]
+
+
+@pytest.fixture(scope="session")
+def small_classifier_search(tmp_path_factory):
+    """A finished classifier search with MLflow (SQLite) and a checkpoint per trial, run
+    once for the tests that read a finished search (Model Registry, ensembles): 4 trials
+    of the quickstart's CNN on digits, a grid over lr, 3 epochs each, FIFO.
+    Returns (working directory, Outcome); tests must not change its trials."""
+    from raytune_suite.engine.runner import run_experiment
+    from raytune_suite.experiment import validate
+
+    shared_ray()
+    cwd = tmp_path_factory.mktemp("small-search")
+    raw = {
+        "name": "small", "trainable": "classifier",
+        "config": {"dataset": "digits", "model": "cnn", "width": 0.25, "epochs": 3,
+                   "batch_size": 64, "optimizer": "adam"},
+        "search_space": {"lr": {"grid": [1.0e-4, 1.0e-3, 3.0e-3, 1.0e-2]}},
+        "metric": "val_accuracy", "mode": "max",
+        "search": {"algorithm": "grid", "num_samples": 1, "max_concurrent": 2, "seed": 0},
+        "scheduler": {"type": "fifo"},
+        "checkpoint": {"every": 1, "keep": 1},
+        "storage": str(cwd / "ray_results"),
+        "tracking": {"mlflow": {"tracking_uri": f"sqlite:///{cwd}/mlflow.db"}},
+    }
+    outcome = run_experiment(validate(raw), raw)
+    assert outcome.errors == 0 and len(outcome.trials) == 4
+    return cwd, outcome
