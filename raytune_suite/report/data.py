@@ -29,6 +29,7 @@ class ReportData:
     params: list[tuple[str, Domain]]  # searched hyperparameters (dotted path, domain)
     exploits: list[dict] = field(default_factory=list)  # pbt_exploits.jsonl records
     errors: int = 0
+    ensembles: list[dict] = field(default_factory=list)  # ensembles.jsonl (best --ensemble)
 
 
 def load_report_data(experiment: str | Path) -> ReportData:
@@ -40,6 +41,7 @@ def load_report_data(experiment: str | Path) -> ReportData:
     from raytune_suite.engine.results import summarize
     from raytune_suite.engine.runner import load_results
     from raytune_suite.engine.state import SPEC_FILE, read_outcomes
+    from raytune_suite.training.ensemble import read_ensembles
 
     path, spec, _state, results = load_results(str(experiment))
     params = list(spec.search_space.leaves())
@@ -50,7 +52,8 @@ def load_report_data(experiment: str | Path) -> ReportData:
         histories[trial_id] = history_rows(r.metrics_dataframe, spec.metric)
     return ReportData(path=Path(path), spec=spec, spec_text=(path / SPEC_FILE).read_text(),
                       trials=trials, histories=histories, params=params,
-                      exploits=read_exploit_records(path), errors=len(results.errors))
+                      exploits=read_exploit_records(path), errors=len(results.errors),
+                      ensembles=read_ensembles(path))
 
 
 def history_rows(frame, metric: str) -> list[dict]:
@@ -74,6 +77,19 @@ def _number(value: Any) -> Optional[float]:
     except (TypeError, ValueError):
         return None
     return value if math.isfinite(value) else None
+
+
+# ------------------------------------------------------------------ ensembles
+
+
+def ensemble_is_current(record: dict, trials: list) -> bool:
+    """Whether an ``ensembles.jsonl`` record's members are still the leaderboard's top K
+    (trials with a finite metric and a checkpoint); a resumed or extended search may have
+    found better ones since."""
+    usable = [(t.trial_id, str(t.checkpoint)) for t in trials
+              if t.best is not None and t.checkpoint]
+    members = [(m["trial_id"], m["checkpoint"]) for m in record.get("members", [])]
+    return usable[:len(members)] == members
 
 
 # ------------------------------------------------------------------ scales

@@ -53,6 +53,8 @@ def render(data: rd.ReportData) -> str:
     sections = [_summary(data), _leaderboard(data)]
     if spec.trainable == "classifier":
         sections.append(_test_evaluation(data))
+    if data.ensembles:
+        sections.append(_ensemble_section(data))
     sections += [_learning_section(data), _hyperparameter_section(data),
                  _importance_section(data)]
     rungs = rd.scheduler_rungs(spec)
@@ -155,6 +157,46 @@ def _test_evaluation(data: rd.ReportData):
             f"--evaluate</code>): test accuracy <b>{test['test_accuracy']:.4f}</b>, macro F1 "
             f"{test['test_f1_macro']:.4f}, {test['test_samples']} samples.</p>"
             f"<pre>{html.escape(test['report'])}</pre>")
+
+
+def _ensemble_section(data: rd.ReportData):
+    """``best --evaluate --ensemble K``'s results (ensembles.jsonl): the single best and
+    each ensemble on the test split, and the largest ensemble's members one by one."""
+    records = sorted(data.ensembles, key=lambda r: r["k"])
+    singles = {r["single"]["trial_id"]: r["single"] for r in records}
+    rows = [("single best", [tid], s, "") for tid, s in singles.items()]
+    for r in records:
+        gain = r["ensemble"]["test_accuracy"] - r["single"]["test_accuracy"]
+        stale = "" if rd.ensemble_is_current(r, data.trials) else " (out of date)"
+        rows.append((f"ensemble of {r['k']}{stale}", [m["trial_id"] for m in r["members"]],
+                     r["ensemble"], f"{gain:+.4f}"))
+    body = "".join(
+        f"<tr><td>{html.escape(label)}</td><td>{html.escape(', '.join(ids))}</td>"
+        f"<td>{s['test_accuracy']:.4f}</td><td>{html.escape(gain)}</td>"
+        f"<td>{s['test_f1_macro']:.4f}</td></tr>" for label, ids, s, gain in rows)
+    table = ('<table class="board" id="ensemble-table"><thead><tr><th>model</th>'
+             "<th>trials (best first)</th><th>test accuracy</th><th>vs single best</th>"
+             f"<th>macro F1</th></tr></thead><tbody>{body}</tbody></table>")
+    largest = records[-1]
+    metric = largest.get("metric", data.spec.metric)
+    members = "".join(
+        f"<tr><td>{i}</td><td>{html.escape(m['trial_id'])}</td>"
+        f"<td>{html.escape(_fmt(m.get('value')))}</td><td>{m['test_accuracy']:.4f}</td>"
+        f"<td>{m['test_f1_macro']:.4f}</td></tr>"
+        for i, m in enumerate(largest["members"], 1))
+    detail = (f"<details><summary>each member of the ensemble of {largest['k']} on its own"
+              '</summary><table class="board" id="ensemble-members"><thead><tr><th>rank</th>'
+              f"<th>trial</th><th>{html.escape(metric)}</th><th>test accuracy</th>"
+              f"<th>macro F1</th></tr></thead><tbody>{members}</tbody></table></details>")
+    stale = [r["k"] for r in records if not rd.ensemble_is_current(r, data.trials)]
+    note = (f"<p class='note'>Out of date: the leaderboard's top {', '.join(map(str, stale))} "
+            "are no longer those trials (the search went on since); run <code>raytune-suite "
+            "best --evaluate --ensemble K</code> again.</p>" if stale else "")
+    return ("ensemble", "Top-K ensembles on the test split",
+            f"<p>The mean of the top K trials' softmax outputs (equal weights) on the "
+            f"held-out test split ({largest['test_samples']} samples), next to the single "
+            "best, as <code>raytune-suite best --evaluate --ensemble K</code> computed them "
+            f"(kept in <code>ensembles.jsonl</code>).</p>{table}{note}{detail}")
 
 
 def _learning_section(data: rd.ReportData):

@@ -100,3 +100,46 @@ def test_report_draws_every_chart_in_chromium(browser, tmp_path, monkeypatch, sc
     shot = tmp_path / f"report-{scheduler}.png"
     assert browser.save_screenshot(str(shot))
     print(f"screenshot: {shot}")
+
+
+def test_report_shows_the_ensembles_in_chromium(browser, tmp_path, monkeypatch):
+    """`best --evaluate --ensemble K`'s records (ensembles.jsonl) as the reader sees them:
+    the single best and each ensemble, and the members one by one when unfolded."""
+    from dataclasses import replace
+
+    data = _data(tmp_path, "asha", monkeypatch)
+    data.trials = [replace(t, checkpoint=f"{tmp_path}/{t.trial_id}/checkpoint_000009")
+                   for t in data.trials]
+
+    def record(k, accuracy):
+        members = [{"trial_id": t.trial_id, "checkpoint": t.checkpoint, "value": t.best,
+                    "test_accuracy": 0.95 - i / 50, "test_f1_macro": 0.94 - i / 50}
+                   for i, t in enumerate(data.trials[:k])]
+        return {"k": k, "test_samples": 360, "metric": "val_accuracy", "members": members,
+                "single": {k: members[0][k] for k in ("trial_id", "test_accuracy",
+                                                      "test_f1_macro")},
+                "ensemble": {"test_accuracy": accuracy, "test_f1_macro": accuracy - 0.01}}
+
+    data.ensembles = [record(3, 0.9667), record(5, 0.9611)]
+    page = tmp_path / "report.html"
+    page.write_text(render(data), encoding="utf-8")
+    js_errors(browser)
+    browser.set_window_size(1400, 900)
+    browser.get(page.as_uri() + "#ensemble")
+    rows = browser.execute_script("""
+        return Array.from(document.querySelectorAll('#ensemble-table tbody tr'))
+            .map(tr => Array.from(tr.cells).map(td => td.innerText));""")
+    ids = [t.trial_id for t in data.trials]
+    assert rows == [["single best", ids[0], "0.9500", "", "0.9400"],
+                    ["ensemble of 3", ", ".join(ids[:3]), "0.9667", "+0.0167", "0.9567"],
+                    ["ensemble of 5", ", ".join(ids[:5]), "0.9611", "+0.0111", "0.9511"]]
+    members = browser.find_element("id", "ensemble-members")
+    assert not members.is_displayed()  # folded until the reader asks
+    browser.find_element("css selector", "#ensemble summary").click()
+    assert members.is_displayed() and len(members.find_elements("css selector",
+                                                                "tbody tr")) == 5
+    assert "Top-K ensembles" in browser.find_element("tag name", "nav").text
+    assert js_errors(browser) == []
+    shot = tmp_path / "report-ensemble.png"
+    assert browser.save_screenshot(str(shot))
+    print(f"screenshot: {shot}")
