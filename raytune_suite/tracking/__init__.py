@@ -12,6 +12,7 @@ from raytune_suite.tracking._mlflow import (check_reachable, configure_client, f
                                             metric, mlflow_client, param,
                                             resolve_tracking_uri, short_reason, tag,
                                             warm_up)
+from raytune_suite.tracking._model_registry import register_best_model
 from raytune_suite.tracking._names import (SKIP_METRICS, Layout, layout,
                                            result_metrics, run_name)
 from raytune_suite.tracking._runs import (EXPERIMENT_PATH_TAG, OUTCOME_TAG, ROLE_TAG,
@@ -36,7 +37,7 @@ __all__ = ["backfill_runs", "end_tags", "check_reachable", "configure_client", "
            "DESCRIPTION_TAG", "EPOCHS_METRIC", "EXPLOIT_TAG", "RANK_TAG", "finish_search_run",
            "leaderboard_csv", "leaderboard_markdown", "log_report", "record_leaderboard",
            "reopen_run", "start_search_run", "mlflow_executable", "ui_command", "ui_hint",
-           "ui_link", "TrialRunsCallback"]
+           "ui_link", "TrialRunsCallback", "register_best_model"]
 
 
 def __getattr__(name: str):
