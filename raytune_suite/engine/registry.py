@@ -37,10 +37,37 @@ def _hyperopt(spec: ExperimentSpec):
     return searcher
 
 
+def _optuna(spec: ExperimentSpec):
+    """Ray Tune's OptunaSearch with Optuna's TPE sampler, seeded: the first
+    ``n_initial_points`` trials at random, then TPE (MOTPE with several objectives; NSGA-II
+    would spend whole generations of ~50 trials at random, more than a search here has)."""
+    import optuna
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "A new study created" line
+    sampler = optuna.samplers.TPESampler(seed=spec.search.seed,
+                                         n_startup_trials=spec.search.n_initial_points)
+    if spec.objectives:
+        # Several objectives: Ray hands a searcher only one metric (TuneConfig's), so the
+        # searcher gets every metric and its space here, and the Tuner's param_space holds
+        # only the fixed config (param_space below).
+        searcher = OptunaSearch(space=OptunaSearch.convert_search_space(
+                                    spec.search_space.to_tune()),
+                                metric=spec.metrics, mode=[m for _, m in spec.all_objectives],
+                                sampler=sampler)
+    else:
+        searcher = OptunaSearch(sampler=sampler)
+    if spec.search.max_concurrent:
+        searcher = ConcurrencyLimiter(searcher, max_concurrent=spec.search.max_concurrent)
+    return searcher
+
+
 SEARCHERS: dict[str, Callable[[ExperimentSpec], Any]] = {
     "grid": _basic_variant,
     "random": _basic_variant,
     "hyperopt": _hyperopt,
+    "optuna": _optuna,
 }
 
 
@@ -116,7 +143,10 @@ def make_stopper(spec: ExperimentSpec):
 
 
 def param_space(spec: ExperimentSpec) -> dict[str, Any]:
-    """Fixed ``config`` values with the searched entries merged over them."""
+    """Fixed ``config`` values with the searched entries merged over them (a
+    multi-objective searcher holds the searched entries itself: see ``_optuna``)."""
+    if spec.objectives:
+        return dict(spec.config)
     searched = (spec.search_space.to_grid() if spec.search.algorithm == "grid"
                 else spec.search_space.to_tune())
     return _merge(dict(spec.config), searched)
@@ -158,7 +188,8 @@ def check(spec: ExperimentSpec) -> None:
     """
     space = param_space(spec)
     try:
-        make_searcher(spec).set_search_properties(spec.metric, spec.mode, space)
+        searcher = make_searcher(spec)  # a multi-objective one converts its space here
+        searcher.set_search_properties(spec.metric, spec.mode, space)
     except (ValueError, TypeError, KeyError) as e:
         raise SpecError("search_space", f"the {spec.search.algorithm} searcher cannot use "
                                         f"this space ({_first_line(e)})", "see above") from None
@@ -174,7 +205,7 @@ def check(spec: ExperimentSpec) -> None:
 def _check_sample(spec: ExperimentSpec, space: dict[str, Any]) -> None:
     """Resolve one config the way the random/grid searcher will, and make sure no
     domain is left for the trainable to receive as an object or a mapping."""
-    if spec.search.algorithm == "hyperopt":
+    if spec.search.algorithm in ("hyperopt", "optuna"):
         return  # HyperOptSearch converted the whole space above, branches included
     from ray.tune.search.sample import Domain
     from ray.tune.search.variant_generator import generate_variants

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Any, Optional
+from dataclasses import dataclass, field
+from typing import Any, Optional, Sequence
 
 from raytune_suite.engine.outcomes import recorded_outcome
 
@@ -18,6 +18,9 @@ class TrialSummary:
     status: str  # TERMINATED, ERROR or DIVERGED
     checkpoint: Optional[str]  # folder of the best retained checkpoint
     outcome: str = "completed"  # see raytune_suite.engine.outcomes
+    # With several objectives: each objective's last reported value (what the searcher
+    # was told when the trial ended); empty with one objective.
+    values: dict[str, float] = field(default_factory=dict)
 
 
 def _get(config: dict, dotted: str) -> Any:
@@ -66,6 +69,8 @@ def summarize(results, spec, searched: list[str], outcomes: Optional[dict] = Non
             checkpoint=ckpt,
             outcome=recorded_outcome(metrics, r.error is not None, spec.max_t, spec.time_attr,
                                      (outcomes or {}).get(str(metrics.get("trial_id")))),
+            values={m: float(metrics[m]) for m, _ in spec.objectives
+                    if not diverged and _finite(metrics.get(m))},
         ))
     sign = -1 if mode == "max" else 1
     return sorted(rows, key=lambda t: (t.best is None, sign * (t.best or 0.0)))
@@ -76,3 +81,22 @@ def _finite(v: Any) -> bool:
         return math.isfinite(float(v))
     except (TypeError, ValueError):
         return False
+
+
+def pareto_front(trials: Sequence[TrialSummary], objectives: Sequence[tuple[str, str]]
+                 ) -> list[TrialSummary]:
+    """The trials no other trial dominates (at least as good in every objective, better in
+    one), in the order given; only trials with a finite value of every objective count.
+
+    Args:
+        trials: summaries whose ``values`` hold the objectives.
+        objectives: (metric, mode) pairs, mode ``min`` or ``max``.
+    """
+    signs = [(m, -1.0 if mode == "max" else 1.0) for m, mode in objectives]
+    scored = [(t, [sign * t.values[m] for m, sign in signs]) for t in trials
+              if all(m in t.values for m, _ in signs)]
+
+    def dominates(a: list[float], b: list[float]) -> bool:
+        return all(x <= y for x, y in zip(a, b)) and any(x < y for x, y in zip(a, b))
+
+    return [t for t, v in scored if not any(dominates(w, v) for _, w in scored)]

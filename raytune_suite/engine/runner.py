@@ -27,7 +27,7 @@ from raytune_suite.engine.tuner import (build_tuner, check_storage, init_ray, sh
                                         to_object_store, trainable, warn_sqlite_on_cluster)
 from raytune_suite.errors import Interrupted, SpecError
 from raytune_suite.experiment import ExperimentSpec, validate
-from raytune_suite.engine.results import TrialSummary, summarize
+from raytune_suite.engine.results import TrialSummary, pareto_front, summarize
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +52,11 @@ class Outcome:
     @property
     def best(self) -> Optional[TrialSummary]:
         return self.trials[0] if self.trials and self.trials[0].best is not None else None
+
+    @property
+    def pareto(self) -> list[TrialSummary]:
+        """With several objectives: the trials on the Pareto front (else empty)."""
+        return pareto_front(self.trials, self.spec.objectives) if self.spec.objectives else []
 
     @property
     def outcomes(self) -> Counter:

@@ -104,6 +104,7 @@ def build_tuner(spec: ExperimentSpec, callbacks: list, data=None):
         failure_config=tune.FailureConfig(max_failures=spec.failure.max_failures),
         callbacks=[OutcomeCallback(spec.max_t, spec.time_attr,
                                    budget=bool(spec.stop.time_budget_s)), PhaseMarks(),
+                   *([ObjectivesReported(spec.metrics)] if spec.objectives else []),
                    *callbacks,
                    ResultJsonLogger(), ProgressCsvLogger(), *tensorboard(spec),
                    CheckpointRotation(spec.checkpoint.keep)],
@@ -185,6 +186,25 @@ class _SilentReporter(ProgressReporter):
 def trial_dirname(trial) -> str:
     """``train_classifier_1a2b3c4d`` instead of Ray's config-laden folder names."""
     return f"{trial.trainable_name}_{trial.trial_id}"
+
+
+class ObjectivesReported(Callback):
+    """With several objectives Ray checks only TuneConfig's metric (the first) in a
+    trial's first result; this checks every other one the same way and fails the search
+    in Ray's words, which the runner turns into one line naming each missing metric."""
+
+    def __init__(self, metrics: list[str]):
+        self.metrics, self.seen = metrics, set()
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        if trial.trial_id in self.seen:
+            return
+        self.seen.add(trial.trial_id)
+        missing = [m for m in self.metrics if m not in result]
+        if missing:
+            raise ValueError(f"Trial returned a result which did not include the specified "
+                             f"metric(s) `{', '.join(missing)}` that the search optimises. "
+                             f"Result: {result}")
 
 
 class PhaseMarks(Callback):

@@ -8,21 +8,22 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from raytune_suite.errors import SpecError
 from raytune_suite.experiment.space import SearchSpace
 from raytune_suite.experiment.space import parse as parse_space
 
 PositiveInt = Annotated[int, Field(gt=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
 
-SEARCHERS = ("grid", "random", "hyperopt")
+SEARCHERS = ("grid", "random", "hyperopt", "optuna")
+MULTI_OBJECTIVE_SEARCHERS = ("optuna",)  # the searchers that take several objectives
 SCHEDULERS = ("fifo", "asha", "hyperband", "pbt")
 # Names Ray Tune knows that the suite does not offer, and what to use instead.
 UNSUPPORTED_SEARCHERS = {
     "bohb": "BOHB needs the hpbandster and ConfigSpace packages, which raytune-suite does "
             "not install; use search.algorithm: hyperopt with scheduler.type: hyperband",
-    "optuna": "use search.algorithm: hyperopt (TPE, the sampler Optuna uses by default)",
     "ax": "use search.algorithm: hyperopt",
     "bayesopt": "use search.algorithm: hyperopt",
     "hebo": "use search.algorithm: hyperopt",
@@ -51,7 +52,7 @@ class SearchSpec(_Model):
     num_samples: PositiveInt = 1
     max_concurrent: Optional[PositiveInt] = None
     seed: Optional[int] = None
-    n_initial_points: PositiveInt = 10  # hyperopt: random trials before TPE takes over
+    n_initial_points: PositiveInt = 10  # hyperopt, optuna: random trials before TPE takes over
 
     @field_validator("algorithm")
     @classmethod
@@ -64,6 +65,7 @@ class SearchSpec(_Model):
 
 
 TimeAttr = Annotated[str, Field(min_length=1)]
+Mode = Literal["min", "max"]
 
 
 class FifoSpec(_Model):
@@ -183,8 +185,13 @@ class ExperimentSpec(_Model):
     trainable: str = "classifier"
     config: dict[str, Any] = {}
     search_space: SearchSpace = SearchSpace()
-    metric: Annotated[str, Field(min_length=1)]
-    mode: Literal["min", "max"]
+    metric: Annotated[str, Field(min_length=1)]  # the first objective with several
+    mode: Mode
+    # Several objectives (multi-objective search), written in the file as lists of equal
+    # length (metric: [val_accuracy, model_size_kb], mode: [max, min]): every (metric,
+    # mode) pair, the first being `metric`/`mode`, which rank the leaderboard and pick
+    # `best`. Empty with one objective.
+    objectives: tuple[tuple[str, Mode], ...] = ()
     search: SearchSpec = SearchSpec()
     scheduler: SchedulerSpec = FifoSpec(type="fifo")
     resources: ResourcesSpec = ResourcesSpec()
@@ -199,6 +206,50 @@ class ExperimentSpec(_Model):
     @classmethod
     def _parse_space(cls, v: Any) -> SearchSpace:
         return parse_space(v)  # raises SpecError with the entry's path
+
+    @model_validator(mode="before")
+    @classmethod
+    def _objective_lists(cls, data: Any) -> Any:
+        """``metric`` and ``mode`` as lists -> the first pair, and every pair in
+        ``objectives``."""
+        if not isinstance(data, dict):
+            return data
+        metric, mode = data.get("metric"), data.get("mode")
+        if "objectives" in data:
+            raise SpecError("objectives", "is not a field; list several objectives as metric: "
+                                          "[a, b] with mode: [max, min]", data["objectives"])
+        if not isinstance(metric, list) and not isinstance(mode, list):
+            return data
+        metrics = metric if isinstance(metric, list) else [metric]
+        modes = mode if isinstance(mode, list) else [mode]
+        if not metrics or not all(isinstance(m, str) and m for m in metrics):
+            raise SpecError("metric", "must be a metric name or a list of metric names",
+                            metric)
+        if not isinstance(metric, list):
+            raise SpecError("mode", "must be 'min' or 'max' (a list goes with a list of "
+                                    "metrics)", mode)
+        if len(metric) < 2:
+            raise SpecError("metric", "must be a metric name, or a list of at least 2 for a "
+                                      "multi-objective search", metric)
+        if len(set(metrics)) != len(metrics):
+            raise SpecError("metric", "must not name a metric twice", metric)
+        if len(modes) != len(metrics):
+            raise SpecError("mode", f"must list one mode per metric ({len(metrics)} metrics)",
+                            mode)
+        for i, m in enumerate(modes):
+            if m not in ("min", "max"):
+                raise SpecError(f"mode[{i}]", "must be 'min' or 'max'", m)
+        return {**data, "metric": metrics[0], "mode": modes[0],
+                "objectives": tuple(zip(metrics, modes))}
+
+    @property
+    def all_objectives(self) -> tuple[tuple[str, str], ...]:
+        """Every (metric, mode) pair the search optimises: one, or ``objectives``."""
+        return self.objectives or ((self.metric, self.mode),)
+
+    @property
+    def metrics(self) -> list[str]:
+        return [m for m, _ in self.all_objectives]
 
     @property
     def max_t(self) -> Optional[int]:

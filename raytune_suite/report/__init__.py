@@ -4,6 +4,6 @@ Modules here read the experiment's plain records (its folder, Ray's results, MLf
 nothing in engine/ or experiment/ imports them.
 """
 
-from raytune_suite.report.leaderboard import leaderboard
+from raytune_suite.report.leaderboard import leaderboard, pareto_table
 
-__all__ = ["leaderboard"]
+__all__ = ["leaderboard", "pareto_table"]

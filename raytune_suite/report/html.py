@@ -49,8 +49,13 @@ def render(data: rd.ReportData) -> str:
     """The report page of ``data`` (the whole HTML document)."""
     from plotly.offline import get_plotlyjs
 
+    from raytune_suite.report.pareto import pareto_section
+
     spec = data.spec
     sections = [_summary(data), _leaderboard(data)]
+    pareto = pareto_section(data, _chart)  # several objectives only
+    if pareto:
+        sections.append(pareto)
     if spec.trainable == "classifier":
         sections.append(_test_evaluation(data))
     if data.ensembles:

@@ -20,7 +20,7 @@ from raytune_suite.tracking._runs import (EXPERIMENT_PATH_TAG, OUTCOME_TAG, ROLE
                                           close_open_runs, close_trial_run, discard_search,
                                           end_tags, find_trial_run)
 from raytune_suite.tracking._search import (DESCRIPTION_TAG, EPOCHS_METRIC, EXPLOIT_TAG,
-                                            RANK_TAG, finish_search_run, leaderboard_csv,
+                                            PARETO_TAG, RANK_TAG, finish_search_run, leaderboard_csv,
                                             leaderboard_markdown, log_report,
                                             record_leaderboard, reopen_run,
                                             start_search_run)
@@ -34,7 +34,8 @@ __all__ = ["backfill_runs", "end_tags", "check_reachable", "configure_client", "
            "SKIP_METRICS", "Layout", "layout", "result_metrics", "run_name",
            "EXPERIMENT_PATH_TAG", "OUTCOME_TAG", "ROLE_TAG", "STOP_REASON_TAG", "TRIAL_ID_TAG",
            "child_runs", "close_open_runs", "close_trial_run", "discard_search", "find_trial_run",
-           "DESCRIPTION_TAG", "EPOCHS_METRIC", "EXPLOIT_TAG", "RANK_TAG", "finish_search_run",
+           "DESCRIPTION_TAG", "EPOCHS_METRIC", "EXPLOIT_TAG", "RANK_TAG", "PARETO_TAG",
+           "finish_search_run",
            "leaderboard_csv", "leaderboard_markdown", "log_report", "record_leaderboard",
            "reopen_run", "start_search_run", "mlflow_executable", "ui_command", "ui_hint",
            "ui_link", "TrialRunsCallback", "register_best_model"]

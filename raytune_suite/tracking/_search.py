@@ -20,6 +20,7 @@ from raytune_suite.tracking._runs import (EXPERIMENT_PATH_TAG, OUTCOME_TAG, ROLE
 from raytune_suite.tracking._ui import save_view
 
 RANK_TAG = "rank"
+PARETO_TAG = "pareto"  # "true" on the trial runs of a multi-objective search's Pareto front
 EPOCHS_METRIC = "epochs_trained"
 EXPLOIT_TAG = "pbt.exploit"  # pbt.exploit.01, .02, ...: one per exploit of the trial
 DESCRIPTION_TAG = "mlflow.note.content"  # the run's description in the MLflow UI
@@ -83,19 +84,23 @@ def finish_search_run(uri: str, run_id: str, best: Optional[dict[str, Any]],
         )
     if outcome is not None:
         record_leaderboard(client, run_id, outcome.trials, outcome.spec.metric,
-                           outcome.spec.mode, outcome.path)
+                           outcome.spec.mode, outcome.path,
+                           pareto={t.trial_id for t in outcome.pareto})
     client.set_terminated(run_id, status=status)
 
 
 def record_leaderboard(client, parent_run_id: str, trials: list, metric_name: str,
-                       mode: str, experiment_path: str = "") -> None:
+                       mode: str, experiment_path: str = "",
+                       pareto: Optional[set[str]] = None) -> None:
     """Label the trial runs as the leaderboard ranks them, and describe the search: every
     run gets the ``best_<metric>`` and ``epochs_trained`` the leaderboard shows (one
-    request for each run that lacks them), the top :data:`RANKED` the ``rank`` tag, and
-    PBT receivers a tag per exploit.
+    request for each run that lacks them), the top :data:`RANKED` the ``rank`` tag, the
+    trials on a multi-objective search's Pareto front the ``pareto`` tag, and PBT
+    receivers a tag per exploit.
 
     Args:
         trials: ``engine.results.TrialSummary`` records, best first (``summarize``).
+        pareto: trial ids on the Pareto front (several objectives), else None.
     """
     runs = {r.data.tags.get(TRIAL_ID_TAG): r for r in child_runs(client, parent_run_id)}
     exploits = read_exploits(experiment_path)
@@ -113,6 +118,8 @@ def record_leaderboard(client, parent_run_id: str, trials: list, metric_name: st
         if t.best is not None and not _same(held.get(f"best_{metric_name}"), t.best):
             metrics.append(metric(f"best_{metric_name}", t.best, 0))
         tags = [tag(RANK_TAG, f"{rank:0{width}d}")] if rank <= RANKED else []
+        if pareto and t.trial_id in pareto:
+            tags.append(tag(PARETO_TAG, "true"))
         for i, e in enumerate(exploits.get(t.trial_id, []), 1):
             tags.append(tag(f"{EXPLOIT_TAG}.{i:02d}", describe_exploit(e)))
         tags = [x for x in tags if run.data.tags.get(x.key) != x.value]
@@ -207,5 +214,5 @@ def log_report(uri: str, run_id: str, path) -> None:
 
 __all__ = ["start_search_run", "reopen_run", "finish_search_run", "record_leaderboard",
            "leaderboard_markdown", "leaderboard_csv", "read_exploits", "describe_exploit",
-           "log_report", "RANK_TAG", "EPOCHS_METRIC", "EXPLOIT_TAG", "DESCRIPTION_TAG",
-           "OUTCOME_TAG"]
+           "log_report", "RANK_TAG", "PARETO_TAG", "EPOCHS_METRIC", "EXPLOIT_TAG",
+           "DESCRIPTION_TAG", "OUTCOME_TAG"]

@@ -130,7 +130,7 @@ def test_a_value_both_fixed_and_searched_is_refused():
 @pytest.mark.parametrize("field, value, rule", [
     ("scheduler", {"type": "bohb", "max_t": 3}, "not supported: BOHB needs"),
     ("scheduler", {"type": "pb2", "max_t": 3}, "not supported"),
-    ("search", {"algorithm": "optuna"}, "not supported"),
+    ("search", {"algorithm": "ax"}, "not supported"),
 ])
 def test_unsupported_names_say_so_and_name_the_alternative(field, value, rule):
     with pytest.raises(SpecError) as info:
