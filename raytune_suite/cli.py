@@ -44,10 +44,28 @@ def _parser() -> argparse.ArgumentParser:
     val.add_argument("file")
     add_set(val)
 
+    plan = sub.add_parser("plan", help="what a search will cost (trials, epochs, "
+                                       "concurrency, time) before it starts; writes nothing")
+    plan.add_argument("file")
+    plan.add_argument("--address", help="Ray cluster whose CPUs and GPUs run the search")
+    plan.add_argument("--json", action="store_true", help="machine-readable output")
+    plan.add_argument("--probe", action="store_true",
+                      help="time one epoch of one configuration here, for wall-clock and "
+                           "CPU/GPU-hours (built-in classifier)")
+    add_set(plan)
+
     res = sub.add_parser("resume", help="finish an interrupted experiment")
     res.add_argument("experiment", help="a results folder, or a name under ./ray_results")
     res.add_argument("--address")
     add_verbose(res)
+
+    ext = sub.add_parser("extend", help="more trials for a finished (or interrupted) search; "
+                                        "the searcher and scheduler keep what they learnt")
+    ext.add_argument("experiment", help="a results folder, or a name under ./ray_results")
+    ext.add_argument("--num-samples", type=int, required=True, metavar="N",
+                     help="how many trials to add")
+    ext.add_argument("--address")
+    add_verbose(ext)
 
     best = sub.add_parser("best", help="best config, metric and checkpoint of an experiment")
     best.add_argument("experiment")
@@ -55,6 +73,13 @@ def _parser() -> argparse.ArgumentParser:
     best.add_argument("--evaluate", action="store_true",
                       help="score the best checkpoint on the held-out test split "
                            "(built-in classifier)")
+    best.add_argument("--ensemble", type=int, metavar="K",
+                      help="with --evaluate: also score the average of the top K trials' "
+                           "softmax outputs (K >= 2; K=1 is --evaluate alone), kept in "
+                           "the experiment's ensembles.jsonl and its report")
+    best.add_argument("--register", metavar="NAME",
+                      help="log the best checkpoint as an MLflow model on the search run and "
+                           "register it as a new version of NAME in the Model Registry")
     sync = sub.add_parser("mlflow-sync", help="backfill MLflow from an experiment's Ray "
                                                "results (after a tracking-server outage)")
     sync.add_argument("experiment", help="a results folder, or a name under ./ray_results")
@@ -140,6 +165,10 @@ def _run(args) -> int:
 
         prestart_writer()
     spec, raw = load_spec(args.file, args.overrides)
+    from raytune_suite.engine.plan import local_capacity, make_plan
+
+    # The arithmetic only: no probe, and no Ray started to ask a cluster for its size.
+    print(make_plan(spec, None if args.address else local_capacity(spec)).summary())
     from raytune_suite.engine.runner import run_experiment
 
     try:
@@ -157,7 +186,7 @@ def _resume(args) -> int:
     phases.mark("imports")
     try:
         return _print_outcome(resume_experiment(args.experiment, address=args.address,
-                                                progress=_progress(args)))
+                                                progress=_progress(args)), resumed=True)
     finally:
         _print_phases(args)
 
@@ -180,8 +209,10 @@ def _progress(args):
     return console_callbacks
 
 
-def _print_outcome(outcome) -> int:
-    """Print the end of a search; its exit status (3 when trials errored)."""
+def _print_outcome(outcome, resumed: bool = False) -> int:
+    """Print the end of a search; its exit status (3 when trials errored). ``resumed``:
+    the search ran in more than one session (its epochs are counted over all of them)."""
+    from raytune_suite.engine.plan import outcome_line
     from raytune_suite.engine.runner import mlflow_hint
     from raytune_suite.report import leaderboard
 
@@ -192,6 +223,7 @@ def _print_outcome(outcome) -> int:
           f"{len(diverged)} diverged; top {min(5, len(outcome.trials))} by {spec.metric} "
           f"({spec.mode}):")
     print(leaderboard(outcome.trials, spec.metric))
+    _print_pareto(outcome)
     counts = outcome.outcomes
     print("outcomes: " + ", ".join(f"{n} {name.replace('_', ' ')}"
                                    for name, n in sorted(counts.items())))
@@ -199,6 +231,7 @@ def _print_outcome(outcome) -> int:
         p = outcome.pbt
         print(f"pbt:     {p['exploits']} exploits ({p['retrained']} epochs retrained), "
               f"{p['skipped']} skipped for want of a recent donor checkpoint")
+    print(outcome_line(outcome, resumed))
     report = _write_report(outcome)
     print(f"\nresults: {outcome.path}")
     if report:
@@ -215,6 +248,27 @@ def _print_outcome(outcome) -> int:
               f"{outcome.path}` to retry them", file=sys.stderr)
         return EXIT_TRIALS_FAILED
     return 0
+
+
+def _print_pareto(outcome, top: int = 10) -> None:
+    """With several objectives: the trials on the Pareto front."""
+    if not outcome.spec.objectives:
+        return
+    from raytune_suite.report import pareto_table
+
+    front = outcome.pareto
+    goals = ", ".join(f"{m} {mode}" for m, mode in outcome.spec.objectives)
+    print(f"pareto front ({goals}; last reported values): {len(front)} of "
+          f"{len(outcome.trials)} trials")
+    if front:
+        print(pareto_table(front[:top], outcome.spec.objectives))
+    if len(front) > top:
+        print(f"... and {len(front) - top} more (raytune-suite best {outcome.path} --json)")
+
+
+def _pareto_records(outcome) -> list[dict]:
+    return [{"trial_id": t.trial_id, "objectives": dict(t.values), "config": t.config,
+             "epochs": t.epochs, "checkpoint": t.checkpoint} for t in outcome.pareto]
 
 
 def _write_report(outcome) -> Optional[str]:
@@ -243,6 +297,32 @@ def _write_report(outcome) -> Optional[str]:
     return str(path)
 
 
+def _plan(args) -> int:
+    """``plan``: trials, epochs, concurrency and (``--probe``) time of a search, before it
+    starts; starts no search and writes nothing."""
+    from raytune_suite.engine.plan import plan_file
+
+    plan = plan_file(args.file, args.overrides, address=args.address, probe=args.probe)
+    print(json.dumps(plan.to_dict(), indent=2) if args.json else "\n".join(plan.lines()))
+    return 0
+
+
+def _extend(args) -> int:
+    from raytune_suite.engine import phases
+    from raytune_suite.engine.runner import resume_experiment
+
+    phases.mark("imports")
+    if args.num_samples < 1:
+        raise SpecError("--num-samples", "must be a whole number >= 1", args.num_samples)
+    try:
+        return _print_outcome(resume_experiment(args.experiment, address=args.address,
+                                                progress=_progress(args),
+                                                more_samples=args.num_samples),
+                              resumed=True)
+    finally:
+        _print_phases(args)
+
+
 def _best(args) -> int:
     from raytune_suite.engine.runner import load_outcome
 
@@ -254,8 +334,23 @@ def _best(args) -> int:
     payload = {"experiment": outcome.path, "metric": outcome.spec.metric,
                "mode": outcome.spec.mode, "value": best.best, "trial_id": best.trial_id,
                "epochs": best.epochs, "config": best.config, "checkpoint": best.checkpoint}
+    if outcome.spec.objectives:
+        payload["objectives"] = [{"metric": m, "mode": mode}
+                                 for m, mode in outcome.spec.objectives]
+        payload["pareto"] = _pareto_records(outcome)
+    if args.ensemble is not None and not args.evaluate:
+        raise SpecError("--ensemble", "needs --evaluate (it scores on the test split)",
+                        args.ensemble)
+    if args.ensemble is not None:  # a K that cannot be, before anything is scored
+        from raytune_suite.training.ensemble import pick_members
+
+        pick_members(outcome.trials, args.ensemble, outcome.spec.metric)
     if args.evaluate:
         payload["test"] = _evaluate(outcome, best)
+    if args.ensemble is not None:
+        payload["ensemble"] = _ensemble(outcome, args.ensemble)
+    if args.register:
+        payload["registered"] = _register(outcome, best, args.register)
     if args.json:
         print(json.dumps(payload, indent=2, default=str))
     else:
@@ -270,7 +365,77 @@ def _best(args) -> int:
             print(f"\ntest accuracy: {test['test_accuracy']:.4f} "
                   f"(macro F1 {test['test_f1_macro']:.4f}, {test['test_samples']} samples)")
             print(test["report"])
+        if args.ensemble is not None:
+            _print_ensemble(payload)
+        if args.register:
+            _print_registered(payload["registered"])
+        if outcome.spec.objectives:
+            print()
+            _print_pareto(outcome, top=len(outcome.trials))
     return 0
+
+
+def _ensemble(outcome, k: int) -> dict:
+    """``best --evaluate --ensemble K``: the top K trials' averaged softmax on the test
+    split, next to the single best; kept in the experiment folder (``ensembles.jsonl``),
+    and in its report.html when it has one."""
+    if outcome.spec.trainable != "classifier":
+        raise SpecError("--ensemble", "needs the built-in classifier trainable",
+                        outcome.spec.trainable)
+    from pathlib import Path
+
+    from raytune_suite.report.html import REPORT_FILE
+    from raytune_suite.training.ensemble import evaluate_top_k, record_ensemble
+
+    result = evaluate_top_k(outcome.trials, k, outcome.spec.metric)
+    result["saved"] = str(record_ensemble(outcome.path, result))
+    # A report already written would now hide what was just computed: write it again.
+    has_report = (Path(outcome.path) / REPORT_FILE).is_file()
+    result["report"] = _write_report(outcome) if has_report else None
+    return result
+
+
+def _print_ensemble(payload: dict) -> None:
+    e = payload["ensemble"]
+    print(f"\nensemble of the top {e['k']} (mean of their softmax outputs) on the test "
+          f"split, {e['test_samples']} samples:")
+    print(f"  {'rank':<5}{'trial':<20}{e['metric']:>14}{'accuracy':>10}{'macro F1':>10}")
+    for i, m in enumerate(e["members"], 1):
+        print(f"  {i:<5}{m['trial_id']:<20}{m['value']:>14.6g}{m['test_accuracy']:>10.4f}"
+              f"{m['test_f1_macro']:>10.4f}")
+    single, ens = e["single"], e["ensemble"]
+    print(f"single best ({single['trial_id']}): accuracy {single['test_accuracy']:.4f}, "
+          f"macro F1 {single['test_f1_macro']:.4f}")
+    gain = ens["test_accuracy"] - single["test_accuracy"]
+    print(f"ensemble of {e['k']}: accuracy {ens['test_accuracy']:.4f} ({gain:+.4f}), "
+          f"macro F1 {ens['test_f1_macro']:.4f}")
+    print(f"saved:   {e['saved']}")
+    if e["report"]:
+        print(f"report:  {e['report']}")
+
+
+def _register(outcome, best, name: str) -> dict:
+    """``best --register NAME``: the best checkpoint as an MLflow model, registered as a
+    new version of NAME."""
+    from raytune_suite.tracking import register_best_model
+
+    return register_best_model(outcome, name)
+
+
+def _print_registered(registered: dict) -> None:
+    uri = registered["model_uri"]
+    print(f"\nregistered:  {uri} (tracking URI {registered['tracking_uri']})")
+    print(f"search run:  {registered['run_id']}")
+    if registered["no_flavour"]:
+        print(registered["no_flavour"])
+        print(f'fetch it:    mlflow.artifacts.download_artifacts("{uri}")')
+        return
+    print(f"input:       {registered['input']}")
+    print("output:      class probabilities, one column per class: "
+          f"{', '.join(registered['classes'])}")
+    print(f'load it:     mlflow.pyfunc.load_model("{uri}")  (with '
+          f'mlflow.set_tracking_uri("{registered["tracking_uri"]}"); on a machine with a GPU '
+          'add model_config={"device": "cpu"})')
 
 
 def _evaluate(outcome, best) -> dict:
@@ -327,7 +492,8 @@ def _cluster(args) -> int:
 
 _COMMANDS = {"run": _run, "validate": _validate, "resume": _resume, "best": _best,
              "submit": _submit, "status": _status, "cluster": _cluster,
-             "mlflow-sync": _mlflow_sync, "report": _report}
+             "mlflow-sync": _mlflow_sync, "report": _report, "plan": _plan,
+             "extend": _extend}
 
 
 if __name__ == "__main__":

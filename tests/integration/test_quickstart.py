@@ -4,16 +4,38 @@ import json
 import os
 import re
 import subprocess
+import sys
 import time
 
 import pytest
 
-from helpers import CLI, EXPERIMENTS, cli_env, js_errors, mlflow_runs
+from helpers import CLI, EXPERIMENTS, cli_env, js_errors, mlflow_runs, result_rows
+
+
+# `plan` as a user runs it, except that starting Ray would fail it: it must start none.
+NO_RAY = ("import sys, ray\n"
+          "def refuse(*a, **k): raise AssertionError('plan started Ray')\n"
+          "ray.init = refuse\n"
+          "from raytune_suite.cli import main\n"
+          "sys.exit(main(sys.argv[1:]))\n")
 
 
 @pytest.fixture(scope="module")
-def quickstart_run(tmp_path_factory):
+def quickstart_plan(tmp_path_factory):
+    """``plan --json`` of the quickstart in the fresh folder the run will use, before it:
+    (folder, the plan as printed)."""
     cwd = tmp_path_factory.mktemp("quickstart")
+    proc = subprocess.run([sys.executable, "-c", NO_RAY, "plan",
+                           str(EXPERIMENTS / "quickstart.yaml"), "--json"], cwd=cwd,
+                          capture_output=True, text=True, env=cli_env(), timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert list(cwd.iterdir()) == [], "plan wrote into the working directory"
+    return cwd, json.loads(proc.stdout)
+
+
+@pytest.fixture(scope="module")
+def quickstart_run(quickstart_plan):
+    cwd, _ = quickstart_plan
     t0 = time.perf_counter()
     proc = subprocess.run([*CLI, "run", str(EXPERIMENTS / "quickstart.yaml")], cwd=cwd,
                           capture_output=True, text=True, env=cli_env(), timeout=600)
@@ -21,6 +43,25 @@ def quickstart_run(tmp_path_factory):
     print(f"quickstart took {seconds:.1f} s")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return cwd, proc.stdout, seconds, proc.stderr
+
+
+def test_plan_before_the_run_holds_the_epochs_it_trained(quickstart_plan, quickstart_run):
+    """The plan printed before the search (``plan --json``, then ``run``'s own line) against
+    the epochs the trials reported: within low..high and 35% of expected."""
+    _, plan = quickstart_plan
+    cwd, out, *_ = quickstart_run
+    low, expected, high = (plan["epochs"][k] for k in ("low", "expected", "high"))
+    assert (plan["trials"], plan["concurrency"], plan["unit"]) == (20, min(2, os.cpu_count()),
+                                                                   "epochs")
+    assert plan["seconds"] is None and plan["probe"] is None  # no --probe
+    trained = sum(len(rows) for rows in result_rows(cwd / "ray_results" / "quickstart").values())
+    assert low <= trained <= high, (trained, plan["epochs"])
+    assert abs(trained - expected) <= 0.35 * expected, (trained, plan["epochs"])
+    lines = out.splitlines()
+    assert lines[0] == (f"plan: 20 trials, epochs {low:.0f}..{high:.0f} "
+                        f"(expected {expected:.0f}), {plan['concurrency']} at a time")
+    assert f"epochs:  {trained} trained, plan {low:.0f}..{high:.0f} for 20 trials " \
+           f"(expected {expected:.0f}: " in out
 
 
 def test_quickstart_prints_leaderboard_and_mlflow_command(quickstart_run):
@@ -157,3 +198,20 @@ def test_quickstart_console_is_short_and_ends_with_the_report(quickstart_run, br
     browser.set_window_size(1600, min(height + 100, 16000))
     browser.save_screenshot(str(tmp_path / "quickstart-report.png"))
     print("screenshot:", tmp_path / "quickstart-report.png")
+
+
+def test_zz_extend_the_quickstart_by_4_under_one_search_run(quickstart_run):
+    """Last in this file: `extend` adds 4 trials to the finished quickstart (the other
+    tests read its first 20). The issue's check: 24 trial runs under one search run."""
+    cwd, *_ = quickstart_run
+    proc = subprocess.run([*CLI, "extend", "ray_results/quickstart", "--num-samples", "4"],
+                          cwd=cwd, capture_output=True, text=True, env=cli_env(), timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "quickstart: 24 trials, 0 errored" in proc.stdout
+    runs = mlflow_runs(cwd, "quickstart")
+    search = runs[runs["tags.raytune_suite.role"] == "search"]
+    trials = runs[runs["tags.raytune_suite.role"] == "trial"]
+    assert len(search) == 1 and search.iloc[0]["status"] == "FINISHED"
+    assert len(trials) == 24 and trials["tags.ray.trial_id"].nunique() == 24
+    assert set(trials["status"]) == {"FINISHED"}
+    assert (trials["tags.mlflow.parentRunId"] == search.iloc[0]["run_id"]).all()
