@@ -215,9 +215,15 @@ class ExperimentSpec(_Model):
         if not isinstance(data, dict):
             return data
         metric, mode = data.get("metric"), data.get("mode")
-        if "objectives" in data:
+        if "objectives" in data:  # only as a validated spec dumps it (model_dump)
+            given = data["objectives"]
+            pairs = tuple(tuple(p) for p in given) if isinstance(given, (list, tuple)) \
+                and all(isinstance(p, (list, tuple)) for p in given) else None
+            if pairs is not None and not isinstance(metric, list) and \
+                    (not pairs or len(pairs) > 1 and pairs[0] == (metric, mode)):
+                return {**data, "objectives": pairs}
             raise SpecError("objectives", "is not a field; list several objectives as metric: "
-                                          "[a, b] with mode: [max, min]", data["objectives"])
+                                          "[a, b] with mode: [max, min]", given)
         if not isinstance(metric, list) and not isinstance(mode, list):
             return data
         metrics = metric if isinstance(metric, list) else [metric]

@@ -17,8 +17,8 @@ from pydantic import ValidationError
 
 from raytune_suite.errors import SpecError, SpecErrors
 from raytune_suite.experiment.messages import convert, type_at
-from raytune_suite.experiment.models import (UNSUPPORTED_SCHEDULERS, ExperimentSpec,
-                                             PbtSpec)
+from raytune_suite.experiment.models import (MULTI_OBJECTIVE_SEARCHERS, UNSUPPORTED_SCHEDULERS,
+                                             ExperimentSpec, PbtSpec)
 from raytune_suite.experiment.space import Domain, SearchSpace, find_domain_literal
 
 
@@ -66,7 +66,7 @@ def validate(raw: dict) -> ExperimentSpec:
 
     resolve_trainable(spec.trainable)  # a bad import path is a spec error too
     if spec.trainable == "classifier":
-        _check_classifier_config(spec)
+        spec = _check_classifier_config(spec)
     return spec
 
 
@@ -86,8 +86,11 @@ def mutation_space(spec: ExperimentSpec) -> SearchSpace:
     return spec.search_space
 
 
-def _check_classifier_config(spec: ExperimentSpec) -> None:
-    """The built-in trainable's keys and fixed values are checked before Ray starts."""
+def _check_classifier_config(spec: ExperimentSpec) -> ExperimentSpec:
+    """The built-in trainable's keys and fixed values are checked before Ray starts.
+
+    Returns the spec, with ``config.distill_from`` replaced by the absolute path of the
+    teacher's checkpoint folder when it is set (see :mod:`experiment.teacher`)."""
     from pydantic import ValidationError as PydanticError
 
     from raytune_suite.training.config import ClassifierConfig
@@ -124,6 +127,34 @@ def _check_classifier_config(spec: ExperimentSpec) -> None:
                     err = e.errors()[0]
                     raise convert(dict(err, loc=(*section.split("."), key,
                                                  *err["loc"][1:]))) from None
+    return _with_teacher(spec, fixed, spaces)
+
+
+def _with_teacher(spec: ExperimentSpec, fixed: dict, spaces: list) -> ExperimentSpec:
+    """``distill_from``: fixed, with the data fixed too, and naming a teacher trained on
+    the same data set and split; the spec with the teacher's checkpoint folder in it."""
+    from raytune_suite.experiment.teacher import check_teacher
+    from raytune_suite.training.config import DATA_KEYS
+
+    for section, space in spaces:
+        if "distill_from" in dict(space.entries):
+            raise SpecError(f"{section}.distill_from", "must be fixed (under config): one "
+                            "teacher per search", "searched")
+    ref = fixed.get("distill_from")
+    if not ref:
+        return spec
+    models: list = []
+    for section, space in spaces:
+        for key, domain in space.entries:
+            if key == "model" and isinstance(domain, Domain) and not domain.is_conditional \
+                    and domain.kind in ("choice", "grid"):
+                models += [m for m in domain.args if m not in models]
+            elif key in DATA_KEYS:
+                raise SpecError(f"{section}.{key}", "cannot be searched with "
+                                "config.distill_from: the teacher was trained on one data "
+                                "set and split", "searched")
+    path = check_teacher(ref, fixed, spec.storage, models)
+    return spec.model_copy(update={"config": {**spec.config, "distill_from": str(path)}})
 
 
 def _check_consistency(spec: ExperimentSpec) -> None:
@@ -160,11 +191,27 @@ def _check_config_is_fixed(spec: ExperimentSpec) -> None:
 def _check_searcher(spec: ExperimentSpec) -> None:
     algo = spec.search.algorithm
     leaves = list(spec.search_space.leaves("search_space."))
-    if algo == "hyperopt":
+    if algo in ("hyperopt", "optuna"):
         for p, d in leaves:
             if d.kind == "grid":
-                raise SpecError(p, "grid entries cannot be used with the hyperopt searcher "
+                raise SpecError(p, f"grid entries cannot be used with the {algo} searcher "
                                    "(use choice, or search.algorithm: grid)", {"grid": list(d.args)})
+    if algo == "optuna":
+        for p, d in leaves:
+            if d.is_conditional:
+                raise SpecError(p, "the optuna searcher cannot map a conditional choice (Ray "
+                                   "Tune's OptunaSearch takes flat spaces); list plain values, "
+                                   "or use search.algorithm: hyperopt", "choice of mappings")
+    if spec.objectives:
+        if algo not in MULTI_OBJECTIVE_SEARCHERS:
+            raise SpecError("search.algorithm", f"must be optuna to search several objectives "
+                                                f"(metric lists {len(spec.objectives)}; the "
+                                                "other searchers optimise one)", algo)
+        if spec.scheduler.type != "fifo":
+            raise SpecError("scheduler.type", "must be fifo with several objectives: asha, "
+                                              "hyperband and pbt stop or replace trials by one "
+                                              "metric, which would cut the Pareto front short",
+                            spec.scheduler.type)
     if algo == "grid":
         for p, d in leaves:
             if d.kind not in ("grid", "choice"):
@@ -191,7 +238,7 @@ def _check_scheduler(spec: ExperimentSpec) -> None:
 
 def _check_pbt(spec: ExperimentSpec) -> None:
     sched = spec.scheduler
-    if spec.search.algorithm == "hyperopt":
+    if spec.search.algorithm in ("hyperopt", "optuna"):
         raise SpecError("search.algorithm", "pbt explores by itself; use random or grid "
                                             "initial configs with it", spec.search.algorithm)
     if sched.time_attr != "training_iteration":
@@ -245,7 +292,8 @@ def apply_override(raw: dict, item: str) -> None:
     if any(not p for p in parts):
         raise SpecError("--set", "field path must not have empty parts", key)
     value: Any = text
-    if type_at(parts) is not str:
+    objective_list = parts in (["metric"], ["mode"]) and text.strip().startswith("[")
+    if type_at(parts) is not str or objective_list:
         try:
             value = yaml.safe_load(text) if text.strip() else text
         except yaml.YAMLError:

@@ -265,3 +265,34 @@ def _change_text(row: dict) -> str:
 
 def _short(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def clean_vs_robust(points: list[dict]):
+    """Each adversarially trained trial as a point: clean against robust validation
+    accuracy (``val_accuracy``, ``val_robust_accuracy``) of its best epoch; the best trial
+    red. Points on the diagonal lose nothing to the attack.
+
+    Args:
+        points: ``{"trial", "clean", "robust", "attack", "best"}`` per trial.
+    """
+    go = _go()
+    fig = go.Figure(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", showlegend=False,
+                               line=dict(color="#cccccc", dash="dash"), hoverinfo="skip"))
+    for best in (False, True):
+        group = [p for p in points if p["best"] == best]
+        if not group:
+            continue
+        fig.add_trace(go.Scatter(
+            x=[p["clean"] for p in group], y=[p["robust"] for p in group],
+            mode="markers", name="best trial" if best else "other trials",
+            marker=dict(size=13 if best else 9, color=BEST if best else PALETTE[0]),
+            customdata=[[p["trial"], p["attack"]] for p in group],
+            hovertemplate="%{customdata[0]} (%{customdata[1]})<br>clean %{x:.4f}<br>"
+                          "robust %{y:.4f}<extra></extra>"))
+    low = min([p["robust"] for p in points] + [p["clean"] for p in points] + [1.0])
+    span = [max(0.0, low - 0.05), 1.0]
+    fig.update_layout(**_LAYOUT, title="clean against robust validation accuracy, each trial",
+                      xaxis_title="val_accuracy (clean inputs)",
+                      yaxis_title="val_robust_accuracy (attacked inputs)",
+                      xaxis_range=span, yaxis_range=span)
+    return fig

@@ -58,6 +58,7 @@ def render(data: rd.ReportData) -> str:
         sections.append(pareto)
     if spec.trainable == "classifier":
         sections.append(_test_evaluation(data))
+        sections += _robustness_section(data)
     if data.ensembles:
         sections.append(_ensemble_section(data))
     sections += [_learning_section(data), _hyperparameter_section(data),
@@ -301,6 +302,75 @@ def _lineage_section(data: rd.ReportData):
     return ("lineage", title,
             f"<p>{len(rows)} exploits, {skipped} skipped for want of a recent donor "
             "checkpoint (from pbt_exploits.jsonl).</p>" + _chart(chart, "lineage") + table)
+
+
+_BEST_ROW = ' class="best"'
+
+
+def _robustness_section(data: rd.ReportData) -> list:
+    """Clean against robust accuracy when trials trained adversarially (they report
+    ``val_robust_accuracy``): [] otherwise. Each trial's epoch with its best metric (the
+    leaderboard's), read from its ``result.json`` rows."""
+    from raytune_suite.report import figures
+
+    points, plain = [], 0
+    best_id = data.trials[0].trial_id if data.trials and data.trials[0].best is not None \
+        else None
+    sign = 1 if data.spec.mode == "max" else -1
+    for result in sorted(Path(data.path).glob("*/result.json")):
+        rows = [r for r in _json_lines(result) if _finite(r.get(data.spec.metric))]
+        if not rows:
+            continue
+        if not any(_finite(r.get("val_robust_accuracy")) for r in rows):
+            plain += 1
+            continue
+        row = max(rows, key=lambda r: sign * float(r[data.spec.metric]))
+        config = row.get("config") or {}
+        attack = (f"{config.get('adversarial_method', 'fgsm')}, eps "
+                  f"{_fmt(config.get('adversarial_eps'))}")
+        if _finite(row.get("val_robust_accuracy")) and _finite(row.get("val_accuracy")):
+            points.append({"trial": str(row.get("trial_id")), "best": row.get("trial_id") ==
+                           best_id, "clean": float(row["val_accuracy"]),
+                           "robust": float(row["val_robust_accuracy"]), "attack": attack})
+    if not points:
+        return []
+    points.sort(key=lambda p: -p["robust"])
+    body = "".join(
+        f"<tr{_BEST_ROW if p['best'] else ''}><td>{html.escape(p['trial'])}</td>"
+        f"<td>{html.escape(p['attack'])}</td><td>{p['clean']:.4f}</td>"
+        f"<td>{p['robust']:.4f}</td><td>{p['robust'] - p['clean']:+.4f}</td></tr>"
+        for p in points)
+    table = ('<table class="board" id="robustness-table"><thead><tr><th>trial</th>'
+             "<th>attack (training and validation)</th><th>clean val_accuracy</th>"
+             "<th>val_robust_accuracy</th><th>robust - clean</th></tr></thead>"
+             f"<tbody>{body}</tbody></table>")
+    note = (f"<p class='note'>{plain} trials trained without an attack (adversarial_eps 0) "
+            "report no robust accuracy and are not shown.</p>" if plain else "")
+    return [("robustness", "Clean against robust accuracy",
+             "<p>Adversarially trained trials at the epoch of their best "
+             f"{html.escape(data.spec.metric)}: accuracy on the clean validation split "
+             "against accuracy on its adversarial versions, under the attack each trial "
+             "trained with (L-infinity radius in standardised input units).</p>"
+             + _chart(figures.clean_vs_robust(points), "robustness") + table + note)]
+
+
+def _json_lines(path: Path) -> list[dict]:
+    import json
+
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            continue  # a line cut short by a crash
+    return [r for r in rows if isinstance(r, dict)]
+
+
+def _finite(value: Any) -> bool:
+    import math
+
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and \
+        math.isfinite(value)
 
 
 # ------------------------------------------------------------------ helpers

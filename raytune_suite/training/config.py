@@ -77,6 +77,25 @@ class ClassifierConfig(_Cfg):
     grad_clip: Optional[Positive] = None  # max global gradient norm
     early_stopping_patience: Optional[Annotated[int, Field(gt=0)]] = None  # epochs
     early_stopping_min_delta: Annotated[float, Field(ge=0)] = 0.0  # on val_loss
+    # -- compression, measured on a compressed copy at every epoch's evaluation (training
+    #    goes on with the dense model). Leaving both unset (None) turns it off; any value,
+    #    0 and none included, reports model_size_kb, nonzero_params and latency_ms, and the
+    #    val_* metrics are then the compressed model's.
+    prune_amount: Optional[Annotated[float, Field(ge=0, le=0.95)]] = None  # share of the
+    #                            conv/linear weights zeroed by global magnitude pruning
+    quantize: Optional[Literal["none", "int8"]] = None  # int8: dynamic quantization of the
+    #                            linear layers (runs on CPU)
+    # -- adversarial training: half of every batch perturbed within an L-infinity ball
+    adversarial_eps: Annotated[float, Field(ge=0)] = 0.0  # radius in normalised input
+    #                            units (the data are standardised: 0.1 ~ a tenth of a std); 0: off
+    adversarial_method: Literal["fgsm", "pgd"] = "fgsm"
+    adversarial_steps: Annotated[int, Field(ge=1)] = 7  # pgd: steps of 2.5 * eps / steps
+    # -- knowledge distillation from a trained teacher (checkpoint folder, or a finished
+    #    experiment whose best checkpoint the validation finds before Ray starts)
+    distill_from: Optional[str] = None
+    distill_temperature: Positive = 4.0  # softens both models' outputs in the KL term
+    distill_alpha: Annotated[float, Field(ge=0, le=1)] = 0.5  # weight of the KL term
+    #                            against (1 - alpha) x cross-entropy on the labels
     # -- speed (GPU only; ignored on CPU)
     amp: bool = True  # bf16 autocast
     channels_last: bool = True
@@ -91,6 +110,9 @@ class ClassifierConfig(_Cfg):
             raise ValueError("cv_folds must be 0 (off) or at least 2")
         if self.pretrained_weights and not self.model.startswith("resnet"):
             raise ValueError("pretrained_weights applies to resnet18/resnet50 only")
+        if self.distill_from and self.cv_folds:
+            raise ValueError("distill_from cannot be used with cv_folds: one teacher trained "
+                             "on one split has seen every other fold's validation samples")
         return self
 
     def optimizer_config(self) -> OptimizerConfig:
@@ -98,6 +120,11 @@ class ClassifierConfig(_Cfg):
             return self.optimizer
         return OptimizerConfig(name=self.optimizer, momentum=self.momentum,
                                nesterov=self.nesterov)
+
+    @property
+    def compressing(self) -> bool:
+        """Whether compression is measured (prune_amount or quantize is set at all)."""
+        return self.prune_amount is not None or self.quantize is not None
 
     @property
     def flip_images(self) -> bool:

@@ -3,6 +3,11 @@
 Batches are indexed straight from the tensors (no DataLoader, no worker processes);
 augmentation runs batched on the same device. :class:`Trainer` owns everything one
 trial trains and can save and restore it exactly, without Ray.
+
+Three techniques join the loop when their keys are set, each in its own module:
+adversarial training (:mod:`adversarial`), knowledge distillation (:mod:`distill`) and
+compression measured at every evaluation (:mod:`compress`). With their keys left at their
+defaults the loop runs exactly as without them and reports the same metrics.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from raytune_suite.training import adversarial, compress, distill
 from raytune_suite.training.augment import augment_strength
 from raytune_suite.training.config import ClassifierConfig
 from raytune_suite.training.models import build_model
@@ -105,6 +111,23 @@ class Trainer:
         self.best_val_loss = math.inf
         self.epochs_without_improvement = 0
         self.diverged: str | None = None  # why training cannot go on (a NaN or inf loss)
+        self.teacher: nn.Module | None = None  # distillation's (only to train)
+        self.teacher_logits: torch.Tensor | None = None  # its logits on the training split
+        if train and cfg.distill_from:
+            self._load_teacher(cfg.distill_from)
+        # Latency depends on the architecture and the compression, not on the weights'
+        # values (dense kernels skip no zeros): measured once per setting, not per epoch.
+        self._latency: dict[tuple, float] = {}
+        self._cpu_val: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def _load_teacher(self, path: str) -> None:
+        data = self.data
+        self.teacher = distill.load_teacher(path, data.input_shape, data.num_classes,
+                                            self.device)
+        if self.on_gpu and self.cfg.channels_last and len(data.input_shape) == 3:
+            self.teacher = self.teacher.to(memory_format=torch.channels_last)
+        if not self._augments(data.x_train):  # the same every epoch: computed once
+            self.teacher_logits = self.predict(data.x_train, model=self.teacher)
 
     # ------------------------------------------------------------------ epochs
 
@@ -117,6 +140,13 @@ class Trainer:
         if self.on_gpu and self.cfg.channels_last and x.dim() == 4:
             return x.contiguous(memory_format=torch.channels_last)
         return x
+
+    def _augments(self, x: torch.Tensor) -> bool:
+        return self.cfg.augment > 0 and x.dim() == 4
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        with self._autocast():
+            return self.model(self._prepare(x))
 
     def _set_lr(self, progress: float) -> None:
         lr = self.cfg.base_lr * lr_factor(self.cfg, progress)
@@ -133,12 +163,10 @@ class Trainer:
             self._set_lr(self.epoch + start / len(y))
             idx = order[start:start + cfg.batch_size]
             xb, yb = x[idx], y[idx]
-            if cfg.augment > 0 and xb.dim() == 4:
+            if self._augments(xb):
                 xb = augment_strength(xb, cfg.augment, self.generator, flip=cfg.flip_images)
             self.optimizer.zero_grad(set_to_none=True)
-            with self._autocast():
-                loss = nn.functional.cross_entropy(self.model(self._prepare(xb)), yb,
-                                                   label_smoothing=cfg.label_smoothing)
+            loss = self._loss(xb, yb, idx)
             loss.backward()
             if cfg.grad_clip:
                 nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
@@ -146,19 +174,52 @@ class Trainer:
             total += loss.detach() * len(yb)  # no .item(): no host sync per batch
         return (total / max(len(y), 1)).item()
 
-    @torch.no_grad()
-    def predict(self, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
-        """Logits for ``x`` (eval mode, float32)."""
+    def _loss(self, xb: torch.Tensor, yb: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """The batch's training loss: cross-entropy, or the distillation loss; with
+        adversarial training, on a batch whose second half is perturbed."""
+        cfg = self.cfg
+        soft = None
+        if self.teacher is not None:  # on the clean inputs, before any perturbation
+            soft = self.teacher_logits[idx] if self.teacher_logits is not None else \
+                self.predict(xb, model=self.teacher)
+        if cfg.adversarial_eps > 0:
+            xb = self._perturb_half(xb, yb)
+        with self._autocast():
+            logits = self.model(self._prepare(xb))
+            if soft is None:
+                return nn.functional.cross_entropy(logits, yb,
+                                                   label_smoothing=cfg.label_smoothing)
+            return distill.distillation_loss(logits, soft, yb, cfg.distill_temperature,
+                                             cfg.distill_alpha, cfg.label_smoothing)
+
+    def _perturb_half(self, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+        """The batch with its second half replaced by adversarial examples (see
+        :mod:`adversarial` for why half). The attack sees the model in eval mode (no
+        dropout noise in its gradients; torchattacks' default too)."""
+        cfg, half = self.cfg, len(yb) // 2
         self.model.eval()
-        logits = [torch.zeros(0, self.data.num_classes, device=self.device)]
+        adv = adversarial.perturb(self._forward, xb[half:], yb[half:], cfg.adversarial_method,
+                                  cfg.adversarial_eps, cfg.adversarial_steps, self.generator)
+        self.model.train()
+        return torch.cat([xb[:half], adv])
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor, batch_size: int = 1024,
+                model: nn.Module | None = None) -> torch.Tensor:
+        """Logits for ``x`` (eval mode, float32) of this trial's model, or of ``model``
+        (a teacher, a compressed copy) on the device ``x`` is on."""
+        model = self.model if model is None else model
+        model.eval()
+        logits = [torch.zeros(0, self.data.num_classes, device=x.device)]
         for start in range(0, len(x), batch_size):
             with self._autocast():
-                logits.append(self.model(self._prepare(x[start:start + batch_size])).float())
+                logits.append(model(self._prepare(x[start:start + batch_size])).float())
         return torch.cat(logits)
 
-    def evaluate(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
-        """Loss, accuracy and macro precision/recall/F1 on (x, y)."""
-        out = self.predict(x)
+    def evaluate(self, x: torch.Tensor, y: torch.Tensor,
+                 model: nn.Module | None = None) -> dict[str, float]:
+        """Loss, accuracy and macro precision/recall/F1 on (x, y) (of ``model`` if given)."""
+        out = self.predict(x, model=model)
         loss = nn.functional.cross_entropy(out, y).item() if len(y) else math.nan
         return {"loss": loss, **classification_metrics(out, y, self.data.num_classes)}
 
@@ -170,6 +231,13 @@ class Trainer:
         train_loss = self.train_epoch()
         seconds = time.perf_counter() - t0
         val = self.evaluate(self.data.x_val, self.data.y_val)
+        extra: dict[str, float] = {}
+        if self.cfg.adversarial_eps > 0:
+            extra["val_robust_accuracy"] = self.robust_accuracy(self.data.x_val,
+                                                                self.data.y_val)
+        if self.cfg.compressing:  # val_* become the compressed model's
+            val, measured = self.evaluate_compressed(val["accuracy"])
+            extra.update(measured)
         self.epoch += 1
         if val["loss"] < self.best_val_loss - self.cfg.early_stopping_min_delta:
             self.best_val_loss, self.epochs_without_improvement = val["loss"], 0
@@ -190,7 +258,43 @@ class Trainer:
             "lr": self.optimizer.param_groups[0]["lr"],
             "epoch_seconds": seconds,
             "samples_per_s": len(self.data.y_train) / seconds,
+            **extra,
         }
+
+    def robust_accuracy(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        """Accuracy of this trial's model on (x, y) under the attack it trains against."""
+        cfg = self.cfg
+        self.model.eval()
+        return adversarial.robust_accuracy(self._forward, x, y, cfg.adversarial_method,
+                                           cfg.adversarial_eps, cfg.adversarial_steps,
+                                           seed=cfg.seed)
+
+    def evaluate_compressed(self, dense_accuracy: float | None = None
+                            ) -> tuple[dict[str, float], dict[str, float]]:
+        """The validation metrics of a compressed copy of the model (see :mod:`compress`)
+        and what compression measured: ``model_size_kb``, ``nonzero_params``,
+        ``latency_ms`` and ``val_accuracy_uncompressed`` (the dense model's, computed
+        here unless given)."""
+        cfg = self.cfg
+        if dense_accuracy is None:
+            dense_accuracy = self.evaluate(self.data.x_val, self.data.y_val)["accuracy"]
+        quantize = cfg.quantize or "none"
+        small = compress.compressed_copy(self.model, cfg.prune_amount or 0.0, quantize)
+        x, y = self.data.x_val, self.data.y_val
+        if quantize == "int8" and x.device.type != "cpu":  # int8 kernels run on CPU only
+            if self._cpu_val is None:
+                self._cpu_val = (x.cpu(), y.cpu())
+            x, y = self._cpu_val
+        val = self.evaluate(x, y, model=small)
+        key = (cfg.prune_amount, quantize)
+        if key not in self._latency:
+            example = self.data.x_val if len(self.data.x_val) else self.data.x_train
+            self._latency = {key: compress.latency_ms(small.cpu(),
+                                                      compress.latency_batch(example))}
+        return val, {"val_accuracy_uncompressed": dense_accuracy,
+                     "model_size_kb": compress.model_size_kb(small),
+                     "nonzero_params": compress.nonzero_params(small),
+                     "latency_ms": self._latency[key]}
 
     @property
     def should_stop_early(self) -> bool:

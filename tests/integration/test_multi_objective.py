@@ -85,3 +85,28 @@ def test_a_missing_objective_is_one_line_naming_it(ray_local, objectives, capsys
     assert "error: metric: must be reported by the trainable mo_objectives:size_missing " \
            "(it reported acc)" in err and "got 'size'" in err
     assert "Traceback" not in err
+
+
+def test_the_compression_recipe_finds_a_front_of_accuracy_and_size(ray_local, in_tmp, capsys):
+    """experiments/digits_compression.yaml at smoke size (8 trials of 3 epochs)."""
+    from helpers import EXPERIMENTS
+    from raytune_suite.experiment import load_spec
+
+    spec, raw = load_spec(EXPERIMENTS / "digits_compression.yaml",
+                          ["search.num_samples=8", "config.epochs=3"])
+    outcome = run_experiment(spec, raw)
+    assert len(outcome.trials) == 8 and outcome.errors == 0
+    capsys.readouterr()
+    assert main(["best", outcome.path, "--json"]) == 0
+    best = json.loads(capsys.readouterr().out)
+    assert len(best["pareto"]) >= 2
+    # along the front, a smaller model costs accuracy
+    front = sorted((p["objectives"]["val_accuracy"], p["objectives"]["model_size_kb"])
+                   for p in best["pareto"])
+    sizes = [size for _, size in front]
+    assert sizes == sorted(sizes) and sizes[0] < sizes[-1]
+    runs = mlflow_runs(in_tmp, "digits-compression")
+    trials = runs[runs["tags.raytune_suite.role"] == "trial"]
+    assert len(trials) == 8
+    for m in ("val_accuracy", "model_size_kb", "nonzero_params", "latency_ms"):
+        assert trials[f"metrics.{m}"].notna().all(), m

@@ -44,7 +44,12 @@ RECIPES = {
                                   "scheduler.max_t=1", "scheduler.grace_period=1"],
     "iris_mlp_hyperopt": lambda d: ["config.epochs=3", "scheduler.max_t=3"],
     "digits_pbt": lambda d: ["config.epochs=4", "scheduler.max_t=4"],
+    "digits_adversarial": lambda d: ["config.epochs=2", "config.adversarial_steps=2",
+                                     "search_space.width={grid: [0.25]}",
+                                     "search_space.lr={grid: [3.0e-3]}"],
 }
+# Metrics a recipe's trials report beside the usual ones.
+EXTRA_METRICS = {"digits_adversarial": ("val_robust_accuracy",)}
 
 
 @pytest.mark.parametrize("recipe", list(RECIPES))
@@ -59,7 +64,35 @@ def test_recipe_smoke(recipe, data_dir, ray_local, in_tmp):
     trials = runs[runs["tags.raytune_suite.role"] == "trial"]
     assert len(trials) == 2
     for metric in ("val_accuracy", "val_f1_macro", "val_precision", "val_recall",
-                   "train_loss", "val_loss", "samples_per_s", "epoch_seconds", "lr"):
+                   "train_loss", "val_loss", "samples_per_s", "epoch_seconds", "lr",
+                   *EXTRA_METRICS.get(recipe, ())):
         assert f"metrics.{metric}" in trials, metric
     if spec.config.get("cv_folds"):
         assert "metrics.val_accuracy_std" in trials
+    if "val_robust_accuracy" in EXTRA_METRICS.get(recipe, ()):
+        from raytune_suite.report.html import write_report
+
+        page = write_report(outcome.path).read_text()  # clean against robust, each trial
+        assert 'id="robustness-table"' in page and page.count("<td>pgd, eps 0.3</td>") == 2
+
+
+def test_distill_recipe_after_its_teacher(ray_local, in_tmp):
+    """digits_teacher, then digits_distill as shipped (it names the teacher's experiment,
+    whose best checkpoint validation finds), its student quantized to int8: every trial
+    carries the teacher it learnt from and the compression objectives."""
+    teacher_spec, raw = load_spec(EXPERIMENTS / "digits_teacher.yaml",
+                                  SMOKE + ["config.epochs=2", "config.width=0.5"])
+    teacher = run_experiment(teacher_spec, raw)
+    assert teacher.errors == 0 and teacher.best.checkpoint
+    spec, raw = load_spec(EXPERIMENTS / "digits_distill.yaml",
+                          SMOKE + ["config.epochs=2", "config.quantize=int8"])
+    assert spec.config["distill_from"] == teacher.best.checkpoint  # as `best` shows it
+    outcome = run_experiment(spec, raw)
+    assert outcome.errors == 0 and len(outcome.trials) == 2
+    runs = mlflow_runs(in_tmp, spec.name)
+    trials = runs[runs["tags.raytune_suite.role"] == "trial"]
+    assert len(trials) == 2
+    assert set(trials["params.distill_from"]) == {teacher.best.checkpoint}
+    for metric in ("val_accuracy", "model_size_kb", "nonzero_params", "latency_ms",
+                   "val_accuracy_uncompressed"):
+        assert trials[f"metrics.{metric}"].notna().all(), metric

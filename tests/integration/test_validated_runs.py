@@ -32,16 +32,17 @@ SCHEDULERS = {
     "hyperband": {"type": "hyperband", "max_t": 4, "reduction_factor": 2},
     "pbt": {"type": "pbt", "max_t": 4, "perturbation_interval": 2},
 }
-REFUSED = {("hyperopt", "pbt")}  # PBT explores by itself
+REFUSED = {("hyperopt", "pbt"), ("optuna", "pbt")}  # PBT explores by itself
 
 
 @pytest.mark.parametrize("searcher, scheduler",
-                         list(itertools.product(["grid", "random", "hyperopt"], SCHEDULERS)))
+                         list(itertools.product(["grid", "random", "hyperopt", "optuna"],
+                                                           SCHEDULERS)))
 def test_every_pair_validate_accepts_runs(searcher, scheduler, ray_local, in_tmp,
                                           monkeypatch, capsys):
     (in_tmp / "toy.py").write_text(TOY)
     monkeypatch.syspath_prepend(str(in_tmp))
-    x = {"uniform": [0, 1]} if searcher == "hyperopt" else {"choice": [0.2, 0.8]}
+    x = {"uniform": [0, 1]} if searcher in ("hyperopt", "optuna") else {"choice": [0.2, 0.8]}
     (in_tmp / "exp.yaml").write_text(yaml.safe_dump({
         "name": f"{searcher}-{scheduler}", "trainable": "toy:train",
         "search_space": {"x": x, "b": {"choice": [0, 1]}}, "metric": "score", "mode": "max",

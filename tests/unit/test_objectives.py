@@ -80,3 +80,11 @@ def test_pareto_front_keeps_the_non_dominated_in_order():
     assert [t.trial_id for t in front] == ["a", "b", "e", "f"]
     flipped = pareto_front(trials, [("acc", "min"), ("size", "max")])
     assert [t.trial_id for t in flipped] == ["d", "e"]
+
+
+def test_a_validated_spec_validates_again_from_its_dump():
+    for metric, mode in ((["acc", "size"], ["max", "min"]), ("acc", "max")):
+        spec = validate({**BASE, "metric": metric, "mode": mode})
+        again = validate({**spec.model_dump(exclude={"search_space"}),
+                          "search_space": BASE["search_space"]})
+        assert again.all_objectives == spec.all_objectives

@@ -119,7 +119,7 @@ def test_scheduler_registry_builds(name):
 
 @pytest.mark.parametrize("name", list(algorithms.SEARCHERS))
 def test_searcher_registry_builds(name):
-    space = {"lr": {"grid" if name != "hyperopt" else "choice": [1e-3, 1e-2]}}
+    space = {"lr": {"choice" if name in ("hyperopt", "optuna") else "grid": [1e-3, 1e-2]}}
     spec = validate({"name": "s", "trainable": "classifier", "metric": "val_loss",
                      "mode": "min", "config": {"dataset": "iris"}, "search_space": space,
                      "search": {"algorithm": name, "seed": 3}})
@@ -145,3 +145,21 @@ def test_searcher_registry_builds(name):
         first = [searcher.suggest(f"t{i}") for i in range(5)]
         assert first == [twin.suggest(f"t{i}") for i in range(5)]
         assert len({c["lr"] for c in first}) == 5
+
+
+def test_the_optuna_searcher_is_seeded():
+    spec = validate({"name": "s", "trainable": "classifier", "metric": "val_loss",
+                     "mode": "min", "config": {"dataset": "iris"},
+                     "search_space": {"lr": {"loguniform": [1e-4, 1e-1]}},
+                     "search": {"algorithm": "optuna", "seed": 3, "n_initial_points": 2}})
+    space = {"lr": tune.loguniform(1e-4, 1e-1), "bs": tune.choice([16, 32, 64])}
+    runs = []
+    for _ in range(2):
+        searcher = algorithms.make_searcher(spec)
+        searcher.set_search_properties("val_loss", "min", space)
+        configs = []
+        for i in range(4):  # past the random start: TPE's suggestions are seeded too
+            configs.append(searcher.suggest(f"t{i}"))
+            searcher.on_trial_complete(f"t{i}", {"val_loss": configs[-1]["lr"]})
+        runs.append(configs)
+    assert runs[0] == runs[1] and len({c["lr"] for c in runs[0]}) == 4

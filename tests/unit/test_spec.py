@@ -37,9 +37,25 @@ def with_(**changes):
 DELETE = object()
 
 
+@pytest.fixture(scope="module")
+def teacher_checkpoint(tmp_path_factory):
+    """A checkpoint folder for the shipped distillation recipe to name: the teacher's
+    experiment it names exists only after the teacher recipe has run."""
+    from raytune_suite.training import checkpoint as ckpt
+    from raytune_suite.training.config import ClassifierConfig
+    from raytune_suite.training.models import CNN
+
+    cfg = ClassifierConfig(dataset="digits", model="cnn", width=1.0)
+    return ckpt.save(tmp_path_factory.mktemp("teacher"), {
+        "model": CNN((1, 8, 8), 10).state_dict(), "optimizer": {}, "epoch": 1,
+        "config": cfg.model_dump()})
+
+
 @pytest.mark.parametrize("path", sorted(EXPERIMENTS.glob("*.yaml")), ids=lambda p: p.name)
-def test_shipped_experiments_validate(path):
-    spec, _ = load_spec(path)
+def test_shipped_experiments_validate(path, teacher_checkpoint):
+    teacher = [f"config.distill_from={teacher_checkpoint}"] \
+        if "distill_from:" in path.read_text() else []
+    spec, _ = load_spec(path, teacher)
     assert isinstance(spec, ExperimentSpec)
 
 
