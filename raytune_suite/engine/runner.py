@@ -420,7 +420,8 @@ def load_results(ref: str):
     from ray.tune import ExperimentAnalysis, ResultGrid
 
     path = resolve_experiment(ref)
-    spec = validate(yaml.safe_load((path / SPEC_FILE).read_text()))
+    # the teacher of a distillation search trained it; its results need it no more
+    spec = validate(yaml.safe_load((path / SPEC_FILE).read_text()), teacher=False)
     if not has_ray_state(path):
         raise SpecError("EXPERIMENT", "has no results yet (it stopped before Ray saved any "
                                       f"state); run `raytune-suite resume {path}`", str(path))

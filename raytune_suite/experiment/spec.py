@@ -54,8 +54,11 @@ def load_spec(path: str | Path, overrides: list[str] = ()) -> tuple[ExperimentSp
     return validate(raw), raw
 
 
-def validate(raw: dict) -> ExperimentSpec:
-    """Validate a raw mapping (already overridden) into an :class:`ExperimentSpec`."""
+def validate(raw: dict, teacher: bool = True) -> ExperimentSpec:
+    """Validate a raw mapping (already overridden) into an :class:`ExperimentSpec`.
+
+    ``teacher=False``: leave ``config.distill_from`` as written, unresolved and unchecked
+    (reading a finished search's results, whose teacher may be gone since)."""
     _check_unsupported(raw)
     try:
         spec = ExperimentSpec.model_validate(raw)
@@ -66,7 +69,7 @@ def validate(raw: dict) -> ExperimentSpec:
 
     resolve_trainable(spec.trainable)  # a bad import path is a spec error too
     if spec.trainable == "classifier":
-        spec = _check_classifier_config(spec)
+        spec = _check_classifier_config(spec, teacher)
     return spec
 
 
@@ -86,11 +89,12 @@ def mutation_space(spec: ExperimentSpec) -> SearchSpace:
     return spec.search_space
 
 
-def _check_classifier_config(spec: ExperimentSpec) -> ExperimentSpec:
+def _check_classifier_config(spec: ExperimentSpec, teacher: bool = True) -> ExperimentSpec:
     """The built-in trainable's keys and fixed values are checked before Ray starts.
 
     Returns the spec, with ``config.distill_from`` replaced by the absolute path of the
-    teacher's checkpoint folder when it is set (see :mod:`experiment.teacher`)."""
+    teacher's checkpoint folder when it is set and ``teacher`` (see
+    :mod:`experiment.teacher`)."""
     from pydantic import ValidationError as PydanticError
 
     from raytune_suite.training.config import ClassifierConfig
@@ -127,7 +131,7 @@ def _check_classifier_config(spec: ExperimentSpec) -> ExperimentSpec:
                     err = e.errors()[0]
                     raise convert(dict(err, loc=(*section.split("."), key,
                                                  *err["loc"][1:]))) from None
-    return _with_teacher(spec, fixed, spaces)
+    return _with_teacher(spec, fixed, spaces) if teacher else spec
 
 
 def _with_teacher(spec: ExperimentSpec, fixed: dict, spaces: list) -> ExperimentSpec:

@@ -96,3 +96,12 @@ def test_distill_recipe_after_its_teacher(ray_local, in_tmp):
     for metric in ("val_accuracy", "model_size_kb", "nonzero_params", "latency_ms",
                    "val_accuracy_uncompressed"):
         assert trials[f"metrics.{metric}"].notna().all(), metric
+    # The student's results outlive its teacher: best and report read them without it.
+    import shutil
+
+    from raytune_suite.engine.runner import load_outcome
+    from raytune_suite.report.html import write_report
+
+    shutil.rmtree(teacher.path)
+    assert load_outcome(outcome.path).best.trial_id == outcome.best.trial_id
+    assert write_report(outcome.path).is_file()
