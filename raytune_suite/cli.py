@@ -312,9 +312,7 @@ def _extend(args) -> int:
     from raytune_suite.engine.runner import resume_experiment
 
     phases.mark("imports")
-    if args.num_samples < 1:
-        raise SpecError("--num-samples", "must be a whole number >= 1", args.num_samples)
-    try:
+    try:  # the count is checked with the experiment (engine.extend.check_extendable)
         return _print_outcome(resume_experiment(args.experiment, address=args.address,
                                                 progress=_progress(args),
                                                 more_samples=args.num_samples),

@@ -17,7 +17,6 @@ them from the trials' own result rows, as ASHA recorded them the first time.
 from __future__ import annotations
 
 import glob
-import json
 import logging
 import os
 from pathlib import Path
@@ -28,6 +27,7 @@ import yaml
 from raytune_suite.engine.state import SPEC_FILE
 from raytune_suite.errors import SpecError
 from raytune_suite.experiment import ExperimentSpec
+from raytune_suite.experiment.teacher import result_rows
 
 logger = logging.getLogger(__name__)
 
@@ -58,11 +58,12 @@ def grow_search(path: Path, spec: ExperimentSpec, n: int) -> int:
     trials (before ``Tuner.restore`` reads it), and record the new total in the
     experiment's saved file. Returns the new ``search.num_samples``.
 
+    The caller has checked ``spec`` and ``n`` with :func:`check_extendable`.
+
     Raises:
         SpecError: when Ray saved no search generator state (it stopped before its first
             snapshot: resume it first).
     """
-    check_extendable(spec, n)
     generator = _newest(path, _SEARCH_GEN_STATE)
     if generator:  # a Searcher (HyperOpt) behind Ray's SearchGenerator
         state = _load(generator)
@@ -155,6 +156,6 @@ def _result_rows(path: Path) -> Iterator[tuple[str, list[dict[str, Any]]]]:
     """(trial id, its result rows) of each trial folder of the experiment (not those set
     aside as lost: Ray's state does not know them)."""
     for file in sorted(path.glob("*/result.json")):
-        rows = [json.loads(line) for line in file.read_text().splitlines() if line.strip()]
+        rows = result_rows(file)  # a resume may follow a kill mid-line
         if rows and "trial_id" in rows[0]:
             yield str(rows[0]["trial_id"]), rows

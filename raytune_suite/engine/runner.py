@@ -211,7 +211,8 @@ def _callbacks(spec: ExperimentSpec, path: Path, state: dict) -> list:
 
 
 def resume_experiment(ref: str, address: Optional[str] = None,
-                      progress: Optional[Progress] = None, more_samples: int = 0) -> Outcome:
+                      progress: Optional[Progress] = None,
+                      more_samples: Optional[int] = None) -> Outcome:
     """Restore an interrupted experiment (``Tuner.restore``) and finish it. One that
     stopped before Ray saved any state is started afresh from its saved file.
     ``progress``: as for :func:`run_experiment`. ``more_samples``: trials to add to the
@@ -222,11 +223,12 @@ def resume_experiment(ref: str, address: Optional[str] = None,
     raw = yaml.safe_load((path / SPEC_FILE).read_text())
     spec = validate(raw)
     registry.check(spec)
-    if more_samples:
+    extending = more_samples is not None
+    if extending:
         extend.check_extendable(spec, more_samples)
     with experiment_lock(path):
         adopt_old_names(path)  # before Ray copies the folder's .json files (state.py)
-        if more_samples:
+        if extending:
             if not has_ray_state(path):
                 raise SpecError("EXPERIMENT", "has no results yet to extend; run "
                                               f"`raytune-suite resume {path}` first", str(path))

@@ -66,7 +66,7 @@ def best_checkpoint(experiment: Path) -> Path:
     sign = 1.0 if mode == "max" else -1.0
     found: list[tuple[float, float, Path]] = []  # (trial's best, checkpoint's value, folder)
     for trial in sorted(p for p in experiment.iterdir() if (p / RESULT_FILE).is_file()):
-        rows = _rows(trial / RESULT_FILE)
+        rows = result_rows(trial / RESULT_FILE)
         if not rows or rows[-1].get("diverged"):
             continue
         values = [sign * v for v in (_number(r.get(metric)) for r in rows) if v is not None]
@@ -100,7 +100,8 @@ def _objective(experiment: Path) -> tuple[str, str]:
     return str(metric), str(mode)
 
 
-def _rows(path: Path) -> list[dict[str, Any]]:
+def result_rows(path: Path) -> list[dict[str, Any]]:
+    """A trial's result.json rows, skipping a last line a crash cut short."""
     rows = []
     for line in path.read_text().splitlines():
         try:

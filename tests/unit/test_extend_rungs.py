@@ -74,3 +74,11 @@ def test_several_brackets_stay_empty_and_say_why(tmp_path, caplog):
 def test_extend_needs_at_least_one_trial(n):
     with pytest.raises(SpecError, match="--num-samples: must be a whole number >= 1"):
         check_extendable(SPEC, n)
+
+
+def test_a_result_line_cut_short_by_a_kill_is_skipped(tmp_path):
+    path = _experiment(tmp_path, {"a": [0.2], "b": [0.3]})
+    with open(path / "objective_b" / "result.json", "a") as f:
+        f.write('{"trial_id": "b", "training_iter')  # the driver died mid-line
+    scheduler, tuner = _restored()
+    assert seed_asha_rungs(tuner, path, SPEC) == 2
