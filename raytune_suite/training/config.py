@@ -99,6 +99,8 @@ class ClassifierConfig(_Cfg):
     # -- speed (GPU only; ignored on CPU)
     amp: bool = True  # bf16 autocast
     channels_last: bool = True
+    cuda_graphs: bool = True  # the training step replayed from CUDA graphs (cuda_graph.py);
+    #                            false for a model that cannot be captured
     seed: int = 0  # weight init and shuffling of this trial
 
     @model_validator(mode="after")

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from raytune_suite.training import adversarial, compress, distill
+from raytune_suite.training import adversarial, compress, cuda_graph, distill
 from raytune_suite.training.augment import augment_strength
 from raytune_suite.training.config import ClassifierConfig
 from raytune_suite.training.models import build_model
@@ -106,6 +106,12 @@ class Trainer:
         # Only to score a checkpoint: no optimizer (torch's first one imports torch._dynamo,
         # ~2 s on a CPU).
         self.optimizer = make_optimizer(cfg, self.model.parameters()) if train else None
+        # On a GPU the training step replays CUDA graphs (module cuda_graph); on a CPU, and
+        # where the config cannot use them, it runs eagerly as it always has.
+        self.graphs: cuda_graph.GraphedStep | None = None
+        if train and self.on_gpu and cuda_graph.unsupported(cfg) is None:
+            cuda_graph.make_capturable(self.optimizer)
+            self.graphs = cuda_graph.GraphedStep(self)
         self.generator = torch.Generator(device=self.device).manual_seed(cfg.seed)
         self.epoch = 0
         self.best_val_loss = math.inf
@@ -136,7 +142,8 @@ class Trainer:
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def _prepare(self, x: torch.Tensor) -> torch.Tensor:
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` in the memory format the model runs in (channels_last on a GPU)."""
         if self.on_gpu and self.cfg.channels_last and x.dim() == 4:
             return x.contiguous(memory_format=torch.channels_last)
         return x
@@ -146,12 +153,20 @@ class Trainer:
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         with self._autocast():
-            return self.model(self._prepare(x))
+            return self.model(self.prepare(x))
 
     def _set_lr(self, progress: float) -> None:
         lr = self.cfg.base_lr * lr_factor(self.cfg, progress)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            if torch.is_tensor(group["lr"]):  # a graphed step reads it on the device
+                group["lr"].fill_(lr)
+            else:
+                group["lr"] = lr
+
+    @property
+    def lr(self) -> float:
+        """The learning rate the last step used (a float, wherever it lives)."""
+        return float(self.optimizer.param_groups[0]["lr"])
 
     def train_epoch(self) -> float:
         """One pass over the training split in a random order; the mean training loss."""
@@ -165,32 +180,52 @@ class Trainer:
             xb, yb = x[idx], y[idx]
             if self._augments(xb):
                 xb = augment_strength(xb, cfg.augment, self.generator, flip=cfg.flip_images)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss = self._loss(xb, yb, idx)
-            loss.backward()
-            if cfg.grad_clip:
-                nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-            self.optimizer.step()
+            soft = self._teacher_logits(xb, idx)
+            if self.graphs is not None:
+                loss = self.graphs(xb, yb, soft)
+                if self.graphs.failed:  # it said so once; eager from here on
+                    self.graphs = None
+            else:
+                loss = self.eager_step(xb, yb, soft)
             total += loss.detach() * len(yb)  # no .item(): no host sync per batch
         return (total / max(len(y), 1)).item()
 
-    def _loss(self, xb: torch.Tensor, yb: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        """The batch's training loss: cross-entropy, or the distillation loss; with
-        adversarial training, on a batch whose second half is perturbed."""
-        cfg = self.cfg
-        soft = None
-        if self.teacher is not None:  # on the clean inputs, before any perturbation
-            soft = self.teacher_logits[idx] if self.teacher_logits is not None else \
-                self.predict(xb, model=self.teacher)
-        if cfg.adversarial_eps > 0:
+    def eager_step(self, xb: torch.Tensor, yb: torch.Tensor,
+                   soft: torch.Tensor | None) -> torch.Tensor:
+        """One optimisation step on a batch, op by op; its loss."""
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = self._loss(xb, yb, soft)
+        loss.backward()
+        if self.cfg.grad_clip:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        self.optimizer.step()
+        return loss
+
+    def _teacher_logits(self, xb: torch.Tensor, idx: torch.Tensor) -> torch.Tensor | None:
+        """Distillation's soft targets for the batch (on the clean inputs); else None."""
+        if self.teacher is None:
+            return None
+        if self.teacher_logits is not None:
+            return self.teacher_logits[idx]
+        return self.predict(xb, model=self.teacher)
+
+    def _loss(self, xb: torch.Tensor, yb: torch.Tensor,
+              soft: torch.Tensor | None) -> torch.Tensor:
+        """The batch's training loss (:meth:`criterion`); with adversarial training, on a
+        batch whose second half is perturbed."""
+        if self.cfg.adversarial_eps > 0:
             xb = self._perturb_half(xb, yb)
         with self._autocast():
-            logits = self.model(self._prepare(xb))
-            if soft is None:
-                return nn.functional.cross_entropy(logits, yb,
-                                                   label_smoothing=cfg.label_smoothing)
-            return distill.distillation_loss(logits, soft, yb, cfg.distill_temperature,
-                                             cfg.distill_alpha, cfg.label_smoothing)
+            return self.criterion(self.model(self.prepare(xb)), yb, soft)
+
+    def criterion(self, logits: torch.Tensor, yb: torch.Tensor,
+                  soft: torch.Tensor | None) -> torch.Tensor:
+        """Cross-entropy, or the distillation loss against a teacher's logits ``soft``."""
+        cfg = self.cfg
+        if soft is None:
+            return nn.functional.cross_entropy(logits, yb, label_smoothing=cfg.label_smoothing)
+        return distill.distillation_loss(logits, soft, yb, cfg.distill_temperature,
+                                         cfg.distill_alpha, cfg.label_smoothing)
 
     def _perturb_half(self, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
         """The batch with its second half replaced by adversarial examples (see
@@ -213,7 +248,7 @@ class Trainer:
         logits = [torch.zeros(0, self.data.num_classes, device=x.device)]
         for start in range(0, len(x), batch_size):
             with self._autocast():
-                logits.append(model(self._prepare(x[start:start + batch_size])).float())
+                logits.append(model(self.prepare(x[start:start + batch_size])).float())
         return torch.cat(logits)
 
     def evaluate(self, x: torch.Tensor, y: torch.Tensor,
@@ -255,7 +290,7 @@ class Trainer:
             "val_f1_macro": val["f1_macro"],
             "val_precision": val["precision"],
             "val_recall": val["recall"],
-            "lr": self.optimizer.param_groups[0]["lr"],
+            "lr": self.lr,
             "epoch_seconds": seconds,
             "samples_per_s": len(self.data.y_train) / seconds,
             **extra,
@@ -312,7 +347,7 @@ class Trainer:
         """Everything needed to continue exactly where this trial is."""
         return {
             "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": cuda_graph.portable(self.optimizer.state_dict()),
             "lr_schedule": {"name": self.cfg.lr_schedule, "base_lr": self.cfg.base_lr,
                             "factor": lr_factor(self.cfg, self.epoch)},
             "epoch": self.epoch,
@@ -340,6 +375,9 @@ class Trainer:
         same_kind = donor_optimizer == self.cfg.optimizer_config().name
         # A PBT mutation may switch optimizer kind: then only the weights carry over.
         ckpt.load_into(state, self.model, self.optimizer if same_kind else None)
+        if self.graphs is not None:  # the loaded optimizer is in its ordinary form
+            cuda_graph.make_capturable(self.optimizer)
+            self.graphs.reset()
         self.epoch = int(state["epoch"])
         stopping = state.get("early_stopping", {})
         self.best_val_loss = stopping.get("best_val_loss", math.inf)
@@ -365,3 +403,5 @@ class Trainer:
             if opt.name == "sgd":
                 group["momentum"] = opt.momentum
                 group["nesterov"] = opt.nesterov and opt.momentum > 0
+        if self.graphs is not None:  # the graphs hold the old values as constants
+            self.graphs.reset()

@@ -1,0 +1,174 @@
+"""The training step replayed from CUDA graphs (training/cuda_graph.py).
+
+The CPU tests check what the CPU can: the CPU path stays eager and its checkpoints are
+unchanged, the optimizer's round trip between its capturable and its ordinary form, and
+which configurations use graphs. The ``gpu`` tests (skipped without a CUDA GPU) train
+graphed against eager, restore a graphed trial, fall back when capture fails, and move a
+GPU checkpoint to the CPU.
+"""
+
+import warnings
+
+import pytest
+import torch
+
+from raytune_suite.training import checkpoint as ckpt
+from raytune_suite.training import cuda_graph
+from raytune_suite.training.config import ClassifierConfig
+from raytune_suite.training.data import DataSpec, load_dataset
+from raytune_suite.training.loop import Trainer, make_optimizer
+
+
+def test_which_configurations_use_graphs():
+    assert cuda_graph.unsupported(ClassifierConfig()) is None
+    assert cuda_graph.unsupported(ClassifierConfig(cuda_graphs=False)) == "cuda_graphs: false"
+    assert "adversarial" in cuda_graph.unsupported(ClassifierConfig(adversarial_eps=0.1))
+
+
+def test_a_cpu_trainer_trains_eagerly_and_saves_the_ordinary_optimizer():
+    data = load_dataset(DataSpec("iris"))
+    for optimizer in ("adam", "sgd"):
+        trainer = Trainer(ClassifierConfig(dataset="iris", optimizer=optimizer), data)
+        assert trainer.graphs is None
+        trainer.run_epoch()
+        saved = trainer.state_dict()["optimizer"]
+        assert saved == trainer.optimizer.state_dict()  # portable() changed nothing
+        group = saved["param_groups"][0]
+        assert isinstance(group["lr"], float) and not group.get("fused")
+        assert not group.get("capturable", False)
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "adamw", "sgd"])
+def test_capturable_and_back_to_the_ordinary_form(optimizer):
+    cfg = ClassifierConfig(dataset="iris", optimizer=optimizer, lr=0.02)
+    net = torch.nn.Linear(4, 3)
+    opt = make_optimizer(cfg, net.parameters())
+    net(torch.ones(2, 4)).sum().backward()
+    opt.step()  # Adam's state (its step count) exists, on the CPU
+    ordinary = opt.state_dict()
+
+    cuda_graph.make_capturable(opt)
+    group = opt.param_groups[0]
+    assert torch.is_tensor(group["lr"]) and group["lr"].item() == pytest.approx(0.02)
+    if optimizer == "sgd":
+        assert group["fused"] is True and not group["foreach"]
+    else:
+        assert group["capturable"] is True
+        assert opt.state[net.weight]["step"].device == net.weight.device
+
+    back = cuda_graph.portable(opt.state_dict())
+    back_group, ordinary_group = back["param_groups"][0], ordinary["param_groups"][0]
+    assert isinstance(back_group["lr"], float)
+    assert back_group["lr"] == pytest.approx(ordinary_group["lr"])
+    assert not back_group.get("capturable", False) and not back_group.get("fused")
+    # An ordinary optimizer loads it and steps on the CPU.
+    fresh = make_optimizer(cfg, net.parameters())
+    fresh.load_state_dict(back)
+    net(torch.ones(2, 4)).sum().backward()
+    fresh.step()
+
+
+# ------------------------------------------------------------------ on a GPU
+
+def _gpu_data(image: bool = True):
+    return load_dataset(DataSpec("digits", image=image), torch.device("cuda", 0))
+
+
+def _cfg(**over) -> ClassifierConfig:
+    base = dict(dataset="digits", model="cnn", width=0.5, dropout=0.0, lr=3e-3, epochs=4,
+                batch_size=100, amp=False)  # 1149 training samples: a partial last batch
+    return ClassifierConfig(**{**base, **over})
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_graphed_training_follows_eager_training(optimizer):
+    """Same seed, same batches: the graphed trainer's losses track the eager one's (fp32,
+    no dropout: only the kernels' summation order may differ), and it replays a graph for
+    the full batches and one for the partial last batch."""
+    data = _gpu_data()
+    runs = {}
+    for graphs in (True, False):
+        torch.manual_seed(0)
+        trainer = Trainer(_cfg(optimizer=optimizer, cuda_graphs=graphs), data, "cuda")
+        runs[graphs] = [trainer.run_epoch() for _ in range(3)]
+        if graphs:
+            assert trainer.graphs is not None and trainer.graphs.failed is None
+            assert sorted(trainer.graphs.graphs) == [len(data.y_train) % 100, 100]
+        else:
+            assert trainer.graphs is None
+    for graphed, eager in zip(runs[True], runs[False]):
+        assert graphed["train_loss"] == pytest.approx(eager["train_loss"], rel=1e-3)
+        assert graphed["val_loss"] == pytest.approx(eager["val_loss"], rel=1e-3)
+        assert graphed["lr"] == pytest.approx(eager["lr"])
+
+
+@pytest.mark.gpu
+def test_a_restored_graphed_trial_continues_within_bf16_tolerance(tmp_path):
+    # No dropout: a graph draws its masks in another order than eager steps do.
+    cfg = _cfg(amp=True, augment=0.5, lr_schedule="cosine")
+    data = _gpu_data()
+    torch.manual_seed(0)
+    straight = Trainer(cfg, data, "cuda")
+    reference = [straight.run_epoch() for _ in range(4)]
+    torch.manual_seed(0)
+    first = Trainer(cfg, data, "cuda")
+    [first.run_epoch() for _ in range(2)]
+    ckpt.save(tmp_path, first.state_dict())
+    resumed = Trainer(cfg, data, "cuda")
+    resumed.load_state_dict(ckpt.load(tmp_path))
+    continued = [resumed.run_epoch() for _ in range(2)]
+    for want, got in zip(reference[2:], continued):
+        assert got["epoch"] == want["epoch"] and got["lr"] == pytest.approx(want["lr"])
+        assert got["val_loss"] == pytest.approx(want["val_loss"], rel=0.05)
+        assert got["val_accuracy"] == pytest.approx(want["val_accuracy"], abs=0.03)
+    assert resumed.graphs is not None and resumed.graphs.graphs
+
+
+@pytest.mark.gpu
+def test_an_exploit_recaptures_with_the_new_hyperparameters(tmp_path):
+    data = _gpu_data()
+    donor = Trainer(_cfg(optimizer="sgd", lr=0.05, momentum=0.9), data, "cuda")
+    donor.run_epoch()
+    ckpt.save(tmp_path, donor.state_dict())
+    trial = Trainer(_cfg(optimizer="sgd", lr=0.01, momentum=0.5, batch_size=64), data, "cuda")
+    trial.load_state_dict(ckpt.load(tmp_path), exploit=True)
+    assert trial.optimizer.param_groups[0]["momentum"] == 0.5
+    metrics = trial.run_epoch()
+    assert metrics["lr"] == pytest.approx(0.01)
+    assert 64 in trial.graphs.graphs
+
+
+@pytest.mark.gpu
+def test_a_step_that_cannot_be_captured_falls_back_with_one_warning():
+    data = _gpu_data()
+    torch.manual_seed(0)
+    trainer = Trainer(_cfg(), data, "cuda")
+    forward = trainer.model.forward
+
+    def syncing_forward(x):  # a host sync: CUDA graphs cannot capture it
+        out = forward(x)
+        if out.sum().item() != out.sum().item():
+            raise AssertionError("unreachable")
+        return out
+
+    trainer.model.forward = syncing_forward
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        first = trainer.run_epoch()
+        second = trainer.run_epoch()
+    said = [w for w in caught if "cuda_graphs" in str(w.message)]
+    assert len(said) == 1 and "could not be captured" in str(said[0].message)
+    assert trainer.graphs is None
+    assert second["train_loss"] < first["train_loss"]
+
+
+@pytest.mark.gpu
+def test_a_gpu_checkpoint_restores_on_the_cpu(tmp_path):
+    gpu = Trainer(_cfg(optimizer="adam"), _gpu_data(), "cuda")
+    gpu.run_epoch()
+    ckpt.save(tmp_path, gpu.state_dict())
+    cpu = Trainer(_cfg(optimizer="adam"), load_dataset(DataSpec("digits", image=True)))
+    cpu.load_state_dict(ckpt.load(tmp_path))
+    assert cpu.graphs is None and cpu.epoch == 1
+    assert cpu.run_epoch()["train_loss"] > 0
