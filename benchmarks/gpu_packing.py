@@ -25,11 +25,22 @@ Measured per packing:
 - one trial's share of the GPU: a trial's median samples/s divided by the best steady
   aggregate of any packing.
 
-Aim (issue 7): at least 3x the steady aggregate at 0.125 as at 1.
+Aim (issue 7): at least 3x the steady aggregate at 0.125 as at 1. ``gpu: auto`` (issue
+16): after the fixed packings, the same runtime runs the suite's probe as ``run`` does (a Ray
+task holding the GPU, :mod:`raytune_suite.engine.gpu_probe`) and the row shows its choice and
+the steady aggregate of that packing against the best fixed one (aim >= 95%).
+
+``--trainer-processes`` needs no Ray or MLflow (a GPU machine with torch, numpy and
+pydantic): the suite's ``Trainer`` runs as k processes at once on one GPU for k = 1, 2, 4, 8,
+which is what Ray's ``gpu: 1/k`` does physically, with CUDA graphs off and on, each process
+training ``--steps`` batches after 20 warm-up ones, started together; then the ``gpu: auto``
+probe decides. Aims (issue 16): one trial (graphs on) >= 120,000 samples/s on an H200; the
+aggregate at the auto choice >= 95% of the best fixed packing.
 
     uv run python benchmarks/gpu_packing.py                 # 50,000 samples; appends a row
     uv run python benchmarks/gpu_packing.py --target 0.5 --epochs 20
     uv run python benchmarks/gpu_packing.py --smoke         # 1 and 0.5, tiny; prints only
+    python benchmarks/gpu_packing.py --trainer-processes    # no Ray; appends a row
 """
 
 from __future__ import annotations
@@ -55,7 +66,13 @@ import raytune_suite  # noqa: E402,F401  (sets RAY_ENABLE_UV_RUN_RUNTIME_ENV=0 b
 HEADING = "P5 GPU packing"
 COLUMNS = ("date", "machine", "command", "setup", "steady aggregate samples/s by gpu share",
            "0.125 / 1 (aim >= 3x)", "wall aggregate samples/s", "time to target (s)",
-           "one trial's share of the GPU")
+           "one trial's share of the GPU", "gpu: auto (aim >= 95% of the best)")
+PROCESS_COLUMNS = ("date", "machine", "command", "setup",
+                   "aggregate samples/s by trials per GPU, eager steps",
+                   "the same, CUDA graphs", "one trial, graphs (aim >= 120,000)",
+                   "gpu: auto's choice and its aggregate (aim >= 95% of the best)")
+PROCESS_NOTE = ("`--trainer-processes` rows: the `Trainer` as k processes on one GPU, no Ray "
+                "(issue 16: CUDA graphs and `gpu: auto`).")
 PACKINGS = (1.0, 0.5, 0.25, 0.125)
 METRIC = "val_accuracy"
 
@@ -224,12 +241,16 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--target", type=float, default=None,
                    help="val_accuracy to reach; default 90%% of the unpacked trial's best")
+    p.add_argument("--trainer-processes", action="store_true",
+                   help="no Ray: the Trainer as k processes on one GPU, graphs off and on")
+    p.add_argument("--steps", type=int, default=1500,
+                   help="--trainer-processes: timed batches per process")
     p.add_argument("--smoke", action="store_true",
                    help="gpu 1 and 0.5, 2048 samples, 2 epochs, no warm-up: prints, records "
                         "nothing")
     args = p.parse_args(argv)
     if args.smoke:
-        args.samples, args.epochs = 2048, 2
+        args.samples, args.epochs, args.steps = 2048, 2, 30
     if args.samples < 100 or args.epochs < 2:
         p.error(f"--samples must be >= 100 and --epochs >= 2 (the first epoch is a warm-up), "
                 f"got {args.samples}, {args.epochs}")
@@ -240,9 +261,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     import torch
 
     args = parse_args(argv)
+    if args.trainer_processes and args.smoke:  # checks the script anywhere, on CPU too
+        return main_processes(args, "cuda" if torch.cuda.is_available() else "cpu")
     if not torch.cuda.is_available():
         print("no CUDA GPU: not measured")
         return 0
+    if args.trainer_processes:
+        return main_processes(args)
     import ray
 
     from raytune_suite.engine.runner import init_ray
@@ -260,10 +285,13 @@ def main(argv: Optional[list[str]] = None) -> int:
                 warm_up = argparse.Namespace(**{**vars(args), "samples": 1024, "epochs": 1})
                 run_packing(1.0, warm_up, storage, "p5-warm-up")
             runs = [run_packing(gpu, args, storage) for gpu in packings]
+            auto = auto_choice(args, storage)
         finally:
             ray.shutdown()
     target = args.target or 0.9 * (runs[0].watcher.best_by(math.inf, METRIC) or 0.0)
     figures = report(runs, target)
+    figures["auto"] = auto_against_fixed(auto, runs)
+    print(f"gpu: auto: {figures['auto']}")
     problems = problems_of(runs, args)
     if not _common.report_end(started, problems, args.smoke):
         return 1 if problems else 0
@@ -271,8 +299,87 @@ def main(argv: Optional[list[str]] = None) -> int:
              f"{args.samples} synthetic 3x32x32 samples on the device; CNN width 1, batch 128, "
              f"SGD lr 0.05, bf16 + channels_last; {args.epochs} epochs; trials differ in seed",
              figures["steady"], figures["ratio"], figures["wall"], figures["ttt"],
-             figures["share"]]
-    _common.record(HEADING, COLUMNS, cells)
+             figures["share"], figures["auto"]]
+    _common.record_to_table(HEADING, COLUMNS, cells,
+                            "Rows with the `gpu: auto` column (issue 16).")
+    return 0
+
+
+def auto_choice(args: argparse.Namespace, storage: str) -> dict:
+    """What ``gpu: auto`` decides for this benchmark's search, the way ``run`` decides it:
+    the probe as a Ray task holding the GPU (Ray is up)."""
+    from raytune_suite.engine import gpu_probe
+    from raytune_suite.experiment import validate
+
+    raw = experiment(1.0, args, storage, "p5-gpu-auto")
+    raw["resources"]["gpu"] = "auto"
+    _, record = gpu_probe.decide_for(validate(raw), gpus=1)
+    print(record["line"], record.get("measurements"), flush=True)
+    return record
+
+
+def auto_against_fixed(record: dict, runs: list[Packing]) -> str:
+    """The auto choice and the steady aggregate of that packing against the best."""
+    best = max(r.steady for r in runs)
+    chosen = [r for r in runs if r.gpu == record["gpu"]]
+    if not chosen:
+        return f"chose gpu {record['gpu']:g} ({record['line']}): not among the packings run"
+    share = chosen[0].steady / best
+    return (f"chose gpu {record['gpu']:g} ({record['k']} per GPU): {chosen[0].steady:,.0f} "
+            f"samples/s, {share:.0%} of the best ({_common.verdict(share >= 0.95)}); probe "
+            f"{record.get('seconds', 0):g} s")
+
+
+def main_processes(args: argparse.Namespace, device: str = "cuda") -> int:
+    """``--trainer-processes``: packings as processes of the ``Trainer``, no Ray (with
+    ``--smoke`` also on a CPU, to check the script: no memory figures there)."""
+    import torch
+
+    from raytune_suite.engine import gpu_auto, gpu_probe
+
+    where = _common.machine(f"cuda ({torch.cuda.get_device_name(0)})" if device == "cuda"
+                            else "cpu")
+    started = time.perf_counter()
+    config = experiment(1.0, args, "", "p5")["config"]
+    shapes = gpu_probe.data_shapes(config)
+    packings = PACKINGS[:2] if args.smoke else PACKINGS
+    rates: dict[tuple[bool, int], Optional[float]] = {}
+    for graphs in (False, True):
+        for gpu in packings:
+            k = round(1 / gpu)
+            m, _ = gpu_probe.measure_packing(k, {**config, "cuda_graphs": graphs}, shapes,
+                                             device, args.steps, gpu_probe.WARMUP_STEPS, 1)
+            rates[graphs, k] = m.samples_per_s
+            peak = "out of memory" if m.failed else \
+                f"{m.samples_per_s:,.0f} samples/s, peak {m.peak_memory_bytes / 2**30:.2f} GiB"
+            print(f"graphs {'on' if graphs else 'off'}, {k} process(es): {peak}", flush=True)
+    probe = gpu_probe.measure({**config, "cuda_graphs": True}, shapes, device,
+                              packings=tuple(round(1 / g) for g in packings),
+                              steps=args.steps if args.smoke else gpu_probe.STEPS)
+    decision = gpu_auto.decide(probe["measurements"], probe["gpu_memory_bytes"])
+    print(decision.line(), f"(probe {probe['seconds']:g} s)")
+    on = {k: r for (graphs, k), r in rates.items() if graphs and r}
+    best = max(on.values())
+    share = (on.get(decision.k) or 0.0) / best
+    one = on.get(1, 0.0)
+
+    def per_k(graphs: bool) -> str:
+        return "; ".join(f"{k}: " + (f"{r:,.0f}" if r else "out of memory")
+                         for (g, k), r in rates.items() if g == graphs)
+
+    cells = [_common.utc_now(), where, f"`{_common.command()}`",
+             f"Trainer processes, no Ray; {shapes['n_train']} synthetic 3x32x32 samples on the "
+             f"device; CNN width 1, batch 128, SGD lr 0.05, bf16 + channels_last; "
+             f"{args.steps} timed batches per process after {gpu_probe.WARMUP_STEPS}",
+             per_k(False), per_k(True),
+             f"{one:,.0f} ({_common.verdict(one >= 120_000)}); graphs / eager "
+             f"{one / rates[False, 1]:.2f}x" if rates.get((False, 1)) else f"{one:,.0f}",
+             f"{decision.k} per GPU: {on.get(decision.k, 0):,.0f}, {share:.0%} of the best "
+             f"({_common.verdict(share >= 0.95)}); probe {probe['seconds']:g} s"]
+    print("\n".join(f"{c}: {v}" for c, v in zip(PROCESS_COLUMNS[3:], cells[3:])))
+    if not _common.report_end(started, [], args.smoke):
+        return 0
+    _common.record_to_table(HEADING, PROCESS_COLUMNS, cells, PROCESS_NOTE)
     return 0
 
 

@@ -171,14 +171,15 @@ class TutorialSide:
 class SuiteSide:
     """The suite's ``Trainer`` on the data set as ``load_dataset`` puts it on the device."""
 
-    def __init__(self, root: str, args: argparse.Namespace, device: torch.device):
+    def __init__(self, root: str, args: argparse.Namespace, device: torch.device,
+                 cuda_graphs: bool = True):
         from raytune_suite.training.config import ClassifierConfig
         from raytune_suite.training.data import DataSpec, dataset_cache_clear, load_dataset
 
         self.cfg = ClassifierConfig(
             dataset="cifar10", data_root=root, model="cnn", width=args.width, dropout=DROPOUT,
             batch_size=args.batch_size, optimizer={"name": "sgd", "momentum": MOMENTUM}, lr=LR,
-            augment=args.suite_augment, epochs=args.epochs)
+            augment=args.suite_augment, epochs=args.epochs, cuda_graphs=cuda_graphs)
         self.device, self.warmup_batches = device, args.warmup_batches
         dataset_cache_clear()
         synchronize(device)
@@ -187,7 +188,8 @@ class SuiteSide:
         synchronize(device)
         self.load_seconds = time.perf_counter() - start  # once per process, not per epoch
         self.trainer = None
-        self.timing = Timing(f"suite Trainer, augment={args.suite_augment:g}")
+        self.timing = Timing(f"suite Trainer, augment={args.suite_augment:g}"
+                             + ("" if cuda_graphs or device.type != "cuda" else ", no graphs"))
 
     def warm_up(self) -> None:
         from raytune_suite.training.loop import Trainer
@@ -288,16 +290,22 @@ def run(args: argparse.Namespace, root: str, images: str) -> None:
     tutorials = {w: TutorialSide(dataset, w, args, device) for w in args.workers}
     suite = SuiteSide(root, args, device)
     print(f"  suite: {suite.load_seconds:.1f} s once to load and normalise the data", flush=True)
-    time_sides([*tutorials.values(), suite], args.epochs)
+    # On a GPU, also the suite's step without CUDA graphs (training/cuda_graph.py): what
+    # the graphs add. On a CPU there are none.
+    eager = [SuiteSide(root, args, device, cuda_graphs=False)] if device.type == "cuda" else []
+    time_sides([*tutorials.values(), suite, *eager], args.epochs)
 
     print(f"\n{'side':<34}{'samples/s':>11}{'best epoch':>12}  per epoch")
-    for timing in [*(t.timing for t in tutorials.values()), suite.timing]:
+    for timing in [*(t.timing for t in tutorials.values()), suite.timing,
+                   *(e.timing for e in eager)]:
         per_epoch = ", ".join(f"{r:,.0f}" for r in timing.epoch_rates)
         print(f"{timing.label:<34}{timing.rate:>11,.0f}{timing.best:>12,.0f}  {per_epoch}")
     ratios = {w: (suite.timing.rate / t.timing.rate, suite.timing.best / t.timing.best)
               for w, t in tutorials.items()}
     for workers, (ratio, best) in ratios.items():
         print(f"suite / tutorial W={workers}: {ratio:.2f}x (best epochs: {best:.2f}x)")
+    if eager:
+        print(f"CUDA graphs / eager steps: {suite.timing.rate / eager[0].timing.rate:.2f}x")
 
     if args.smoke:
         return
@@ -307,7 +315,8 @@ def run(args: argparse.Namespace, root: str, images: str) -> None:
     figures = "; ".join(
         f"{t.label.replace('DataLoader ', '')} {t.rate:,.0f} (epochs "
         + "/".join(f"{r:,.0f}" for r in t.epoch_rates) + ")"
-        for t in [*(side.timing for side in tutorials.values()), suite.timing])
+        for t in [*(side.timing for side in tutorials.values()), suite.timing,
+                  *(e.timing for e in eager)])
     ratio_text = "; ".join(f"W={w}: {r:.2f}x (best epochs {b:.2f}x)"
                            for w, (r, b) in ratios.items())
     _common.append_row(HEADING, COLUMNS, [

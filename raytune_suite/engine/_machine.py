@@ -26,7 +26,7 @@ def local_capacity(spec: ExperimentSpec, count_gpus: bool = False
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible is not None:
         gpus = len([d for d in visible.split(",") if d.strip() and d.strip() != "-1"])
-    elif (spec.resources.gpu > 0 or count_gpus) and shutil.which("nvidia-smi"):
+    elif (spec.resources.wants_gpu or count_gpus) and shutil.which("nvidia-smi"):
         try:
             listed = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True,
                                     timeout=20).stdout
@@ -110,7 +110,7 @@ def probe_epoch(spec: ExperimentSpec) -> dict[str, Any]:
     searched = centre(spec.search_space)
     cfg = ClassifierConfig.from_trial(_merge(dict(spec.config), searched))
     threads, before = max(1, int(spec.resources.cpu)), torch.get_num_threads()
-    device = torch.device("cuda", 0) if spec.resources.gpu > 0 and torch.cuda.is_available() \
+    device = torch.device("cuda", 0) if spec.resources.wants_gpu and torch.cuda.is_available() \
         else torch.device("cpu")
     torch.set_num_threads(threads)  # as a trial does; this process's own count comes back
     try:

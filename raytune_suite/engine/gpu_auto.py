@@ -51,7 +51,8 @@ class Decision:
 
     def line(self) -> str:
         if not self.k:
-            return "gpu: auto -> no GPU here: trials run on CPU"
+            return f"gpu: auto -> {self.reasons[0] if self.reasons else 'no GPU'}: " \
+                "trials run on CPU"
         return f"gpu: auto -> {self.k} trial(s) per GPU (gpu: {self.gpu:g}); " + \
             "; ".join(self.reasons)
 

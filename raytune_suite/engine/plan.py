@@ -9,6 +9,9 @@
   there. A user's trainable has epochs only where the file fixes them.
 - **concurrency**: min(trials, ``max_concurrent``, CPUs // ``resources.cpu``, GPUs //
   ``resources.gpu``), with this machine's CPUs and GPUs or a cluster's.
+- **gpu: auto**: what the search would decide (:mod:`raytune_suite.engine.gpu_probe`): no
+  GPU means CPU trials; with GPUs the probe runs (here, or with ``--address`` as a Ray
+  task on one of the cluster's GPUs) and its packing sets the concurrency.
 - **seconds** (``--probe``): one epoch of the centre of the space timed here
   (:mod:`raytune_suite.engine._machine`), scaled by the epochs and the concurrency, plus
   the fixed costs measured in BENCHMARKS.md; CPU- and GPU-hours from the same seconds.
@@ -53,6 +56,7 @@ class Plan:
     seconds: Optional[dict] = None
     cpu_hours: Optional[float] = None
     gpu_hours: Optional[float] = None
+    gpu_auto: Optional[dict] = None  # gpu: auto's decision (gpu_probe.record)
 
     def to_dict(self) -> dict[str, Any]:
         cpus, gpus, where = self.capacity or (None, None, None)
@@ -65,7 +69,7 @@ class Plan:
                 "rungs": [{"at": m, "reach": round(r, 1)} for m, r in self.rungs],
                 "successive_halving": _num(self.halving),
                 "capacity": {"cpus": cpus, "gpus": gpus, "where": where},
-                "probe": self.probe, "notes": self.notes}
+                "probe": self.probe, "gpu_auto": self.gpu_auto, "notes": self.notes}
 
     def span(self) -> str:
         if self.expected is None:
@@ -88,6 +92,11 @@ class Plan:
         if self.halving is not None:
             epochs += f"; synchronous successive halving: {self.halving:.0f}"
         out.append(f"{self.unit + ':':<14}{epochs}")
+        if self.gpu_auto:
+            a = self.gpu_auto
+            out.append(f"gpu:          {a['line'].removeprefix('gpu: ')}")
+            for k, figures in a.get("measurements", {}).items():
+                out.append(f"              {k} at once: {figures}")
         if self.capacity:
             cpus, gpus, where = self.capacity
             out.append(f"concurrency:  {self.concurrency} at a time ({where}: {cpus:g} CPUs, "
@@ -130,8 +139,9 @@ def concurrency(spec: ExperimentSpec, trials: int, cpus: float, gpus: float) -> 
     fits = [trials, math.floor(cpus / spec.resources.cpu + 1e-9)]
     if spec.search.max_concurrent:
         fits.append(spec.search.max_concurrent)
-    if spec.resources.gpu > 0:
-        fits.append(math.floor(gpus / spec.resources.gpu + 1e-9))
+    share = spec.resources.gpu_share(gpus)
+    if share > 0:
+        fits.append(math.floor(gpus / share + 1e-9))
     return max(0, min(fits))
 
 
@@ -148,7 +158,7 @@ def make_plan(spec: ExperimentSpec, capacity: Optional[tuple] = None,
         plan.capacity, plan.concurrency = capacity, concurrency(spec, n, *capacity[:2])
         if plan.concurrency == 0 and n:
             plan.notes.append(f"no trial fits {capacity[2]}: each needs {spec.resources.cpu:g}"
-                              f" CPUs and {spec.resources.gpu:g} GPUs")
+                              f" CPUs and {spec.resources.gpu_share(capacity[1]):g} GPUs")
     est = estimate_epochs(spec, n, plan.concurrency, plan.notes)
     if est is not None:
         plan.low, plan.expected, plan.high = est.low, est.expected, est.high
@@ -170,7 +180,7 @@ def add_probe(plan: Plan, spec: ExperimentSpec, embedded: bool = True) -> None:
     from raytune_suite.engine._machine import probe_epoch
 
     p = plan.probe = probe_epoch(spec)
-    if spec.resources.gpu > 0 and p["device"] == "cpu":
+    if spec.resources.wants_gpu and p["device"] == "cpu":
         plan.notes.append("probed on this machine's CPU: no GPU here, the trials' GPUs "
                           "will be faster")
     if plan.expected is None or not plan.concurrency:
@@ -184,7 +194,8 @@ def add_probe(plan: Plan, spec: ExperimentSpec, embedded: bool = True) -> None:
                     "wall": {k: round(fixed + w / plan.concurrency, 1)
                              for k, w in work.items()}}
     plan.cpu_hours = float(f"{work['expected'] * spec.resources.cpu / 3600:.3g}")
-    plan.gpu_hours = float(f"{work['expected'] * spec.resources.gpu / 3600:.3g}")
+    gpu = spec.resources.gpu_share(plan.capacity[1] if plan.capacity else 0)
+    plan.gpu_hours = float(f"{work['expected'] * gpu / 3600:.3g}")
     if spec.stop.time_budget_s and plan.seconds["wall"]["expected"] > spec.stop.time_budget_s:
         plan.notes.append(f"the time budget ({spec.stop.time_budget_s:g} s) ends the search "
                           "before the expected wall-clock: fewer epochs")
@@ -199,10 +210,35 @@ def plan_file(path: str, overrides: list[str], address: Optional[str] = None,
     spec, _ = load_spec(path, overrides)
     check(spec)
     capacity = cluster_capacity(address) if address else local_capacity(spec, count_gpus=True)
+    gpu_auto = None
+    if spec.resources.auto_gpu:
+        spec, gpu_auto = _decide_gpu(spec, capacity[1], address)
     plan = make_plan(spec, capacity)
+    plan.gpu_auto = gpu_auto
     if probe:
         add_probe(plan, spec, embedded=not address)
     return plan
+
+
+def _decide_gpu(spec: ExperimentSpec, gpus: float, address: Optional[str]):
+    """``gpu: auto`` as ``run`` would decide it: the probe on this machine's GPU, or
+    (``address``) as a Ray task on the cluster's; none without a GPU."""
+    from raytune_suite.engine import gpu_probe
+
+    probing = gpus and spec.trainable == "classifier"
+    if not (probing and address):  # on_ray: where it would probe, and the words for none
+        _, record = gpu_probe.decide_for(spec, gpus, on_ray=bool(address))
+        return gpu_probe.resolved(spec, record["gpu"]), record
+    import ray
+
+    from raytune_suite.engine.tuner import init_ray
+
+    init_ray(address, log_to_driver=False)
+    try:
+        _, record = gpu_probe.decide_for(spec, gpus)
+    finally:
+        ray.shutdown()
+    return gpu_probe.resolved(spec, record["gpu"]), record
 
 
 # ------------------------------------------------------------------ after the search

@@ -14,7 +14,7 @@ from typing import Any, Callable, Optional
 
 import yaml
 
-from raytune_suite.engine import extend, phases, registry, storage
+from raytune_suite.engine import extend, gpu_probe, phases, registry, storage
 from raytune_suite.engine.checkpoints import frequent_snapshots
 from raytune_suite.engine.logs import quiet_trial_tracebacks, quiet_unreported_trials
 from raytune_suite.engine.outcomes import settle
@@ -115,12 +115,33 @@ def run_experiment(spec: ExperimentSpec, raw: dict[str, Any], address: Optional[
     phases.mark("Ray started")
     check_storage(spec)
     warn_sqlite_on_cluster(uri)
+    spec, gpu_auto = resolve_gpu(spec, data)
     existed = path.exists()
     with experiment_lock(path) if local else nullcontext():
         if existed:
             _discard_unstarted(path)
-        return _start(spec, raw, path, {"tracking_uri": uri, "parent_run_id": None}, data,
-                      progress, source)
+        return _start(spec, raw, path, {"tracking_uri": uri, "parent_run_id": None,
+                                        "gpu_auto": gpu_auto}, data, progress, source)
+
+
+def resolve_gpu(spec: ExperimentSpec, data=None, kept: Optional[dict] = None
+                ) -> tuple[ExperimentSpec, Optional[dict]]:
+    """``resources.gpu: auto`` made a number, with one line saying what and why: the
+    decision ``kept`` in the experiment's state (a resumed search), else the probe's on
+    the Ray cluster's GPU (:mod:`engine.gpu_probe`); CPU trials without a GPU. Ray is up.
+    Other files come back as they are, with None."""
+    if not spec.resources.auto_gpu:
+        return spec, None
+    if kept:
+        print(f"{kept['line']} (decided when the search started)")
+        return gpu_probe.resolved(spec, kept["gpu"]), kept
+    import ray
+
+    _, record = gpu_probe.decide_for(spec, ray.cluster_resources().get("GPU", 0), data)
+    probed = f" [probe: {record['seconds']:g} s on {record['device']}]" \
+        if "seconds" in record else ""
+    print(record["line"] + probed)
+    return gpu_probe.resolved(spec, record["gpu"]), record
 
 
 def _start(spec: ExperimentSpec, raw: dict, path: Path, state: dict, data=None,
@@ -129,7 +150,8 @@ def _start(spec: ExperimentSpec, raw: dict, path: Path, state: dict, data=None,
     path.mkdir(parents=True, exist_ok=True)
     (path / SPEC_FILE).write_text(yaml.safe_dump(raw, sort_keys=False))
     if state["tracking_uri"] and not state["parent_run_id"]:
-        state["parent_run_id"] = start_search_run(spec, state["tracking_uri"], path, source)
+        state["parent_run_id"] = start_search_run(spec, state["tracking_uri"], path, source,
+                                                  state.get("gpu_auto"))
         phases.mark("MLflow search run")
     write_state(path, state)
     tuner = build_tuner(spec, _callbacks(spec, path, state), to_object_store(data))
@@ -180,16 +202,23 @@ def _empty(path: Path, keep: tuple = ()) -> None:
 
 
 def start_search_run(spec: ExperimentSpec, uri: str, path: Path,
-                     source: Optional[str] = None) -> str:
+                     source: Optional[str] = None, gpu_auto: Optional[dict] = None) -> str:
     """The MLflow run of the whole search (parent of the trial runs); returns its id.
     Its params: the searcher's and scheduler's settings, as the file gives them or by
-    default (``search.seed``, ``scheduler.grace_period``, ...)."""
+    default (``search.seed``, ``scheduler.grace_period``, ...), and what ``gpu: auto``
+    decided, with the probe's figures for each packing (``gpu_auto.k2``, ...)."""
     from raytune_suite import tracking
 
     settings = {"search": spec.search.model_dump(),
                 "scheduler": spec.scheduler.model_dump(exclude={"hyperparam_mutations"}),
                 "resources": spec.resources.model_dump(), "stop": spec.stop.model_dump(),
                 "checkpoint": spec.checkpoint.model_dump(), "failure": spec.failure.model_dump()}
+    if gpu_auto:
+        settings["gpu_auto"] = {"decision": gpu_auto["line"], "k": gpu_auto["k"],
+                                **{f"k{k}": v for k, v in gpu_auto.get("measurements",
+                                                                       {}).items()},
+                                **({"device": gpu_auto["device"]} if "device" in gpu_auto
+                                   else {})}
     return tracking.start_search_run(
         uri, spec.mlflow_experiment, f"{spec.name}-search", str(path), path / SPEC_FILE,
         params={"searcher": spec.search.algorithm, "scheduler": spec.scheduler.type,
@@ -245,6 +274,7 @@ def resume_experiment(ref: str, address: Optional[str] = None,
         init_ray(address, log_to_driver=progress is None, spec=spec)
         phases.mark("Ray started")
         check_storage(spec)
+        spec, state["gpu_auto"] = resolve_gpu(spec, data, state.get("gpu_auto"))
         if not has_ray_state(path) or not tune.Tuner.can_restore(str(path)):
             # Killed in the first seconds: Ray would "restore" one trial with an empty
             # config. Nothing ran, so the search starts over in the same folder.

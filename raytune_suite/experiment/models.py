@@ -120,14 +120,41 @@ SCHEDULER_MODELS = {"fifo": FifoSpec, "asha": AshaSpec, "hyperband": HyperbandSp
 
 class ResourcesSpec(_Model):
     cpu: PositiveFloat = 1.0
-    gpu: Annotated[float, Field(ge=0)] = 0.0
+    # GPUs per trial: a share of one (0.25: four trials per GPU), whole GPUs, or "auto":
+    # a probe on the cluster's GPU measures the packing (engine/gpu_probe.py); CPU trials
+    # where there is no GPU.
+    gpu: Union[Literal["auto"], Annotated[float, Field(ge=0)]] = 0.0
 
-    @field_validator("gpu")
+    @field_validator("gpu", mode="before")
     @classmethod
-    def _packable(cls, v: float) -> float:
+    def _packable(cls, v: Any) -> Any:
+        if isinstance(v, str) and v.strip().lower() == "auto":
+            return "auto"
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise ValueError("must be a number of GPUs per trial (0.25 to share one GPU among "
+                             "4 trials) or auto")
+        if v < 0:
+            raise ValueError("must be >= 0 GPUs per trial, or auto")
         if v > 1 and not float(v).is_integer():
             raise ValueError("must be in (0, 1] to share a GPU, or a whole number of GPUs")
         return v
+
+    @property
+    def auto_gpu(self) -> bool:
+        """``gpu: auto``: the packing is measured when the search starts."""
+        return self.gpu == "auto"
+
+    @property
+    def wants_gpu(self) -> bool:
+        """The trials would use a GPU where there is one."""
+        return self.auto_gpu or self.gpu > 0
+
+    def gpu_share(self, gpus: float) -> float:
+        """GPUs per trial on a machine or cluster with ``gpus`` GPUs, before any probe:
+        ``auto`` counts as none without a GPU and as one GPU per trial with one."""
+        if self.auto_gpu:
+            return 1.0 if gpus else 0.0
+        return self.gpu
 
 
 class CheckpointSpec(_Model):

@@ -168,13 +168,15 @@ class Trainer:
         """The learning rate the last step used (a float, wherever it lives)."""
         return float(self.optimizer.param_groups[0]["lr"])
 
-    def train_epoch(self) -> float:
-        """One pass over the training split in a random order; the mean training loss."""
+    def train_epoch(self, max_batches: int | None = None) -> float:
+        """One pass over the training split in a random order (its first ``max_batches``
+        batches if given); the mean training loss."""
         cfg, x, y = self.cfg, self.data.x_train, self.data.y_train
         self.model.train()
         order = torch.randperm(len(y), generator=self.generator, device=self.device)
         total = torch.zeros((), device=self.device)
-        for start in range(0, len(y), cfg.batch_size):
+        end = len(y) if max_batches is None else min(len(y), max_batches * cfg.batch_size)
+        for start in range(0, end, cfg.batch_size):
             self._set_lr(self.epoch + start / len(y))
             idx = order[start:start + cfg.batch_size]
             xb, yb = x[idx], y[idx]
@@ -188,7 +190,19 @@ class Trainer:
             else:
                 loss = self.eager_step(xb, yb, soft)
             total += loss.detach() * len(yb)  # no .item(): no host sync per batch
-        return (total / max(len(y), 1)).item()
+        return (total / max(end, 1)).item()
+
+    def train_steps(self, batches: int) -> int:
+        """Train ``batches`` batches, across epochs, without validating or counting epochs:
+        to measure the step's speed (``gpu: auto``'s probe). The samples trained."""
+        per_epoch = math.ceil(len(self.data.y_train) / self.cfg.batch_size)
+        samples = 0
+        while batches > 0:
+            take = min(batches, per_epoch)
+            self.train_epoch(max_batches=take)
+            samples += min(len(self.data.y_train), take * self.cfg.batch_size)
+            batches -= take
+        return samples
 
     def eager_step(self, xb: torch.Tensor, yb: torch.Tensor,
                    soft: torch.Tensor | None) -> torch.Tensor:
