@@ -138,9 +138,11 @@ def resolve_gpu(spec: ExperimentSpec, data=None, kept: Optional[dict] = None
     import ray
 
     _, record = gpu_probe.decide_for(spec, ray.cluster_resources().get("GPU", 0), data)
-    probed = f" [probe: {record['seconds']:g} s on {record['device']}]" \
-        if "seconds" in record else ""
-    print(record["line"] + probed)
+    print(record["line"])
+    if "measurements" in record:
+        print(f"gpu: auto probe on {record['device']} ({record['seconds']:g} s): " +
+              "; ".join(f"{k} at once {figures}"
+                        for k, figures in record["measurements"].items()))
     return gpu_probe.resolved(spec, record["gpu"]), record
 
 

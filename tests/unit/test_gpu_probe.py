@@ -130,3 +130,21 @@ def test_plan_states_the_decision_on_this_machine(tmp_path, monkeypatch):
     assert "gpu:          auto -> no GPU on this machine: trials run on CPU" in plan.lines()
     assert plan.to_dict()["gpu_auto"]["gpu"] == 0.0 and plan.concurrency == 4 or \
         plan.concurrency == plan.capacity[0]
+
+
+def test_run_prints_the_decision_and_the_probes_figures(monkeypatch, capsys):
+    import ray
+
+    monkeypatch.setattr(gpu_probe, "_probe_task", recorded(H200))
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 16.0, "GPU": 1.0})
+    monkeypatch.setattr(ray, "get", lambda ref: ref)
+    monkeypatch.setattr(ray, "remote", lambda **_: lambda f: type(
+        "Remote", (), {"remote": staticmethod(f)}))
+    spec, record = resolve_gpu(spec_of())
+    assert spec.resources.gpu == 0.25
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("gpu: auto -> 4 trial(s) per GPU (gpu: 0.25)")
+    assert out[1] == ("gpu: auto probe on NVIDIA H200 (41 s): 1 at once 48,385 samples/s, "
+                      "peak 2.00 GiB; 2 at once 92,000 samples/s, peak 2.00 GiB; 4 at once "
+                      "171,000 samples/s, peak 2.10 GiB; 8 at once 171,000 samples/s, peak "
+                      "2.10 GiB")
