@@ -93,3 +93,35 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+# Scenarios: long test bodies that run the CLI (or a benchmark script) as subprocesses in
+# a folder of their own, with their own Ray runtimes, servers and ports, and share
+# nothing with the test process. Most of their time is spent waiting on process and Ray
+# start-up (30-50% of a core idle), so the session runs them side by side, once, before
+# the first test that needs one (``scenario_runs`` in tests/integration/conftest.py);
+# each test then makes every assertion it made before on its own scenario's outcome.
+SCENARIOS: dict = {}  # name -> (function of a fresh folder, the fixture that needs it, s)
+
+
+def scenario(name: str, needed_by: str, seconds: float):
+    """Register ``fn(folder) -> outcome`` as scenario ``name``, run when a selected test
+    uses fixture ``needed_by``; ``seconds``: about how long it takes alone (the longest
+    start first)."""
+    def register(fn):
+        assert name not in SCENARIOS, name
+        SCENARIOS[name] = (fn, needed_by, seconds)
+        return fn
+    return register
+
+
+class ScenarioRuns:
+    """The scenarios' outcomes; ``result(name)`` re-raises what a scenario raised (an
+    assertion about a process it ran, a timeout) in the test that reads it."""
+
+    def __init__(self, futures: dict):
+        self._futures = futures
+
+    def result(self, name: str):
+        assert name in self._futures, f"scenario {name!r} was not run in this session"
+        return self._futures[name].result()

@@ -2,6 +2,7 @@
 resume is an explicit error naming it, never a silent restart from epoch 1."""
 
 import os
+import shutil
 import signal
 import subprocess
 import textwrap
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import CLI, cli_env, mlflow_runs, result_rows
+from helpers import CLI, cli_env, mlflow_runs, result_rows, scenario
 from raytune_suite.training import checkpoint as ckpt
 
 EPOCHS = 15
@@ -31,11 +32,12 @@ EXPERIMENT = textwrap.dedent(f"""
 """)
 
 
-@pytest.fixture(scope="module")
-def interrupted(tmp_path_factory):
+@scenario("interrupt: Ctrl-C, then resume", needed_by="interrupted", seconds=53)
+def _interrupted(workdir):
     """A run of 4 concurrent trials interrupted with Ctrl-C (SIGINT to the terminal's
-    process group) once every trial has two epochs or more, each checkpointed."""
-    workdir = tmp_path_factory.mktemp("ctrlc")
+    process group) once every trial has two epochs or more, each checkpointed; a copy of
+    the folder as the Ctrl-C left it (for the first test); then the checkpoints of two
+    unfinished trials corrupted and `resume` (for the second)."""
     (workdir / "exp.yaml").write_text(EXPERIMENT)
     results = workdir / "ray_results" / "ctrlc"
     driver = subprocess.Popen([*CLI, "run", "exp.yaml"], cwd=workdir, env=cli_env(),
@@ -51,29 +53,17 @@ def interrupted(tmp_path_factory):
         time.sleep(0.1)
     os.killpg(driver.pid, signal.SIGINT)
     out, err = driver.communicate(timeout=180)
-    return workdir, results, driver.returncode, out, err
+    left = workdir.with_name(workdir.name + "-as-left")
+    shutil.copytree(workdir, left, symlinks=True)
+    ctrl_c = (workdir, results, driver.returncode, out, err, left)
 
-
-def test_ctrl_c_stops_cleanly_and_prints_the_resume_command(interrupted):
-    workdir, results, code, out, err = interrupted
-    assert code == 130, out[-2000:] + err[-3000:]
-    assert f"resume it with: raytune-suite resume {results}" in err
-    assert "Traceback" not in err, err[-3000:]
-    assert any(len(r) < EPOCHS for r in result_rows(results).values())
-    # MLflow is left consistent: nothing RUNNING, the unfinished trials are KILLED.
-    runs = mlflow_runs(workdir, "ctrlc")
-    assert "RUNNING" not in set(runs["status"])
-    assert (runs[runs["tags.raytune_suite.role"] == "search"]["status"] == "KILLED").all()
-
-
-def test_resume_after_ctrl_c_finishes_and_corrupt_checkpoints_are_explicit(interrupted):
-    workdir, results, *_ = interrupted
     # Corrupt the checkpoints of two unfinished trials (all they keep, so whichever one
     # Ray registered last is bad): one trial's truncated, the other's holding weights of
     # another model (with a valid digest).
     unfinished = sorted(name for name, rows in result_rows(results).items() if len(rows) < EPOCHS)
-    assert len(unfinished) >= 3  # a fast trial may have finished before the Ctrl-C
-    truncated, wrong_shape, clean = unfinished[0], unfinished[1], unfinished[2:]
+    if len(unfinished) < 3:  # the second test fails on it
+        return ctrl_c, (unfinished, None, None)
+    truncated, wrong_shape = unfinished[0], unfinished[1]
     for folder in (results / truncated).glob("checkpoint_*"):
         pt = folder / ckpt.STATE_FILE
         pt.write_bytes(pt.read_bytes()[: pt.stat().st_size // 2])
@@ -86,6 +76,34 @@ def test_resume_after_ctrl_c_finishes_and_corrupt_checkpoints_are_explicit(inter
 
     proc = subprocess.run([*CLI, "resume", "ctrlc"], cwd=workdir, env=cli_env(),
                           capture_output=True, text=True, timeout=600)
+    return ctrl_c, (unfinished, before, proc)
+
+
+@pytest.fixture(scope="module")
+def interrupted(scenario_runs):
+    return scenario_runs.result("interrupt: Ctrl-C, then resume")
+
+
+def test_ctrl_c_stops_cleanly_and_prints_the_resume_command(interrupted):
+    (workdir, results, code, out, err, left), _ = interrupted
+    assert code == 130, out[-2000:] + err[-3000:]
+    assert f"resume it with: raytune-suite resume {results}" in err
+    assert "Traceback" not in err, err[-3000:]
+    # As the Ctrl-C left them (the copy; the second test resumed the search since).
+    left_results = left / results.relative_to(workdir)
+    assert any(len(r) < EPOCHS for r in result_rows(left_results).values())
+    # MLflow is left consistent: nothing RUNNING, the unfinished trials are KILLED.
+    runs = mlflow_runs(left, "ctrlc")
+    assert "RUNNING" not in set(runs["status"])
+    assert (runs[runs["tags.raytune_suite.role"] == "search"]["status"] == "KILLED").all()
+
+
+def test_resume_after_ctrl_c_finishes_and_corrupt_checkpoints_are_explicit(interrupted):
+    (workdir, results, *_), (unfinished, before, proc) = interrupted
+    # The checkpoints of two unfinished trials were corrupted before the resume.
+    assert len(unfinished) >= 3  # a fast trial may have finished before the Ctrl-C
+    truncated, wrong_shape, clean = unfinished[0], unfinished[1], unfinished[2:]
+
     # The search finished, but two trials errored: exit status 3 says so to scripts.
     assert proc.returncode == 3, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "ctrlc: 4 trials, 2 errored" in proc.stdout

@@ -8,7 +8,9 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from helpers import CLI, cli_env, free_port, kill_when, result_rows
+import pytest
+
+from helpers import CLI, cli_env, free_port, kill_when, result_rows, scenario
 from test_mlflow_outage import EPOCHS, _start_server, _stop_server
 from test_mlflow_outage import EXPERIMENT as OUTAGE_EXPERIMENT
 
@@ -64,7 +66,12 @@ def _held(client, run) -> set[tuple[str, int]]:
             for m in client.get_metric_history(run.info.run_id, key) if m.step > 0}
 
 
-def test_sigkill_with_the_writer_behind_then_resume_loses_nothing(tmp_path):
+@scenario("mlflow: SIGKILL with the writer behind", needed_by="killed_behind", seconds=56)
+def _killed_behind(tmp_path):
+    """The search against the server through the proxy, SIGKILLed once MLflow is behind,
+    then `resume`. Returns what the test checks: ((metric, step) pairs the server held
+    at the kill, those Ray had recorded), the resume, Ray's rows by trial id at the end,
+    and the server's trial runs then, each with the (metric, step) pairs it holds."""
     from mlflow.tracking import MlflowClient
 
     (tmp_path / "exp.yaml").write_text(EXPERIMENT)
@@ -92,34 +99,46 @@ def test_sigkill_with_the_writer_behind_then_resume_loses_nothing(tmp_path):
                   if r.data.tags.get("raytune_suite.role") == "trial"]
         held = set().union(*(_held(client, r) for r in before)) if before else set()
         recorded = set().union(*(_expected(r) for r in rows.values()))
-        # The kill really lost queued writes: Ray held results MLflow did not.
-        assert len(held) < len(recorded), (len(held), len(recorded))
+        at_kill = (held, recorded)
 
         proxy.delay = 0.05
         import subprocess
 
         resume = subprocess.run([*CLI, "resume", "behind"], cwd=tmp_path, env=cli_env(),
                                 capture_output=True, text=True, timeout=600)
-        assert resume.returncode == 0, resume.stdout[-2000:] + resume.stderr[-3000:]
 
         rows = {}
         for trial_rows in result_rows(results).values():
             rows[str(trial_rows[0]["trial_id"])] = trial_rows
-        runs = [r for r in client.search_runs([experiment])
+        runs = [(r, _held(client, r)) for r in client.search_runs([experiment])
                 if r.data.tags.get("raytune_suite.role") == "trial"]
-        by_trial = {}
-        for run in runs:
-            by_trial.setdefault(run.data.tags["ray.trial_id"], []).append(run)
-        # Exactly one run per trial, each finished, with every (metric, step) Ray has.
-        assert set(by_trial) == set(rows) and len(rows) == 4
-        assert all(len(v) == 1 for v in by_trial.values()), \
-            {k: len(v) for k, v in by_trial.items()}
-        for trial_id, (run,) in by_trial.items():
-            assert run.info.status == "FINISHED", (trial_id, run.info.status)
-            assert run.data.tags["raytune_suite.outcome"] == "completed"
-            assert _held(client, run) == _expected(rows[trial_id]), trial_id
-            assert run.data.metrics["epochs_trained"] == EPOCHS
-            assert run.data.params["lr"]
     finally:
         proxy.shutdown()
         _stop_server(server)
+    return at_kill, resume, rows, runs
+
+
+@pytest.fixture
+def killed_behind(scenario_runs):
+    return scenario_runs.result("mlflow: SIGKILL with the writer behind")
+
+
+def test_sigkill_with_the_writer_behind_then_resume_loses_nothing(killed_behind):
+    (held, recorded), resume, rows, runs = killed_behind
+    # The kill really lost queued writes: Ray held results MLflow did not.
+    assert len(held) < len(recorded), (len(held), len(recorded))
+
+    assert resume.returncode == 0, resume.stdout[-2000:] + resume.stderr[-3000:]
+    by_trial = {}
+    for run, run_held in runs:
+        by_trial.setdefault(run.data.tags["ray.trial_id"], []).append((run, run_held))
+    # Exactly one run per trial, each finished, with every (metric, step) Ray has.
+    assert set(by_trial) == set(rows) and len(rows) == 4
+    assert all(len(v) == 1 for v in by_trial.values()), \
+        {k: len(v) for k, v in by_trial.items()}
+    for trial_id, ((run, run_held),) in by_trial.items():
+        assert run.info.status == "FINISHED", (trial_id, run.info.status)
+        assert run.data.tags["raytune_suite.outcome"] == "completed"
+        assert run_held == _expected(rows[trial_id]), trial_id
+        assert run.data.metrics["epochs_trained"] == EPOCHS
+        assert run.data.params["lr"]

@@ -10,7 +10,9 @@ import textwrap
 import time
 import urllib.request
 
-from helpers import CLI, cli_env, free_port
+import pytest
+
+from helpers import CLI, cli_env, free_port, scenario
 from raytune_suite.sync import sync_experiment
 
 EPOCHS = 6
@@ -67,7 +69,12 @@ def test_unreachable_server_is_an_error_before_ray_starts(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["exp.yaml"]  # Ray never started
 
 
-def test_server_dies_mid_run_then_mlflow_sync_backfills(tmp_path):
+@scenario("mlflow: the server dies mid-run", needed_by="server_died", seconds=56)
+def _server_died(tmp_path):
+    """A search logging to a real server that is SIGKILLed after 3 results; then the
+    server again and `mlflow-sync`, then a second sync in this process. Returns what the
+    test checks: (results folder, URI, the run's status/stdout/stderr, the first sync,
+    the server's runs with each trial's val_accuracy steps, the second sync's counts)."""
     from mlflow.tracking import MlflowClient
 
     (tmp_path / "exp.yaml").write_text(EXPERIMENT)
@@ -89,38 +96,53 @@ def test_server_dies_mid_run_then_mlflow_sync_backfills(tmp_path):
         _stop_server(server)
     out, err = driver.communicate(timeout=600)
 
+    server = _start_server(tmp_path, port)
+    try:
+        sync = subprocess.run([*CLI, "mlflow-sync", "outage"], cwd=tmp_path, env=cli_env(),
+                              capture_output=True, text=True, timeout=300)
+        client = MlflowClient(uri)
+        experiment = client.get_experiment_by_name("outage")
+        runs = client.search_runs([experiment.experiment_id]) if experiment else None
+        steps = {r.info.run_id: sorted({m.step for m in client.get_metric_history(
+            r.info.run_id, "val_accuracy")}) for r in runs or ()}
+        # Syncing again writes nothing.
+        again = sync_experiment(str(results))
+        again = (again.runs_created, again.metrics_logged, again.runs_closed)
+    finally:
+        _stop_server(server)
+    return results, uri, (driver.returncode, out, err), sync, runs, steps, again
+
+
+@pytest.fixture
+def server_died(scenario_runs):
+    return scenario_runs.result("mlflow: the server dies mid-run")
+
+
+def test_server_dies_mid_run_then_mlflow_sync_backfills(server_died):
+    results, uri, (code, out, err), sync, runs, steps, again = server_died
+
     # Tuning went on without MLflow: every trial finished; the user was told once how
     # to backfill.
-    assert driver.returncode == 0, out[-2000:] + err[-3000:]
+    assert code == 0, out[-2000:] + err[-3000:]
     assert "outage: 4 trials, 0 errored" in out
     assert f"MLflow at {uri} failed" in err
     assert err.count("tuning goes on without MLflow") == 1
     assert f"raytune-suite mlflow-sync {results}" in err
 
-    server = _start_server(tmp_path, port)
-    try:
-        sync = subprocess.run([*CLI, "mlflow-sync", "outage"], cwd=tmp_path, env=cli_env(),
-                              capture_output=True, text=True, timeout=300)
-        assert sync.returncode == 0, sync.stderr[-3000:]
-        assert "4 trials" in sync.stdout
-        client = MlflowClient(uri)
-        experiment = client.get_experiment_by_name("outage")
-        runs = client.search_runs([experiment.experiment_id])
-        trials = [r for r in runs if r.data.tags.get("raytune_suite.role") == "trial"]
-        search = [r for r in runs if r.data.tags.get("raytune_suite.role") == "search"]
-        # One finished run per trial, each with the whole curve Ray recorded.
-        assert len(trials) == 4 and len({r.data.tags["ray.trial_id"] for r in trials}) == 4
-        assert {r.info.status for r in runs} == {"FINISHED"}
-        assert {r.data.tags["raytune_suite.outcome"] for r in trials} == {"completed"}
-        for run in trials:
-            steps = sorted({m.step for m in client.get_metric_history(run.info.run_id,
-                                                                       "val_accuracy")})
-            assert steps == list(range(1, EPOCHS + 1)), (run.info.run_name, steps)
-            assert "lr" in run.data.params
-        assert len(search) == 1 and "best_val_accuracy" in search[0].data.metrics
+    assert sync.returncode == 0, sync.stderr[-3000:]
+    assert "4 trials" in sync.stdout
+    assert runs is not None, "no experiment 'outage' on the server after the sync"
+    trials = [r for r in runs if r.data.tags.get("raytune_suite.role") == "trial"]
+    search = [r for r in runs if r.data.tags.get("raytune_suite.role") == "search"]
+    # One finished run per trial, each with the whole curve Ray recorded.
+    assert len(trials) == 4 and len({r.data.tags["ray.trial_id"] for r in trials}) == 4
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    assert {r.data.tags["raytune_suite.outcome"] for r in trials} == {"completed"}
+    for run in trials:
+        assert steps[run.info.run_id] == list(range(1, EPOCHS + 1)), (
+            run.info.run_name, steps[run.info.run_id])
+        assert "lr" in run.data.params
+    assert len(search) == 1 and "best_val_accuracy" in search[0].data.metrics
 
-        # Syncing again writes nothing.
-        again = sync_experiment(str(results))
-        assert (again.runs_created, again.metrics_logged, again.runs_closed) == (0, 0, 0)
-    finally:
-        _stop_server(server)
+    # Syncing again writes nothing.
+    assert again == (0, 0, 0)

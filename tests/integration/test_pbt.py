@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import CLI, EXPERIMENTS, cli_env, kill_when, mlflow_runs, result_rows
+from helpers import CLI, EXPERIMENTS, cli_env, kill_when, mlflow_runs, result_rows, scenario
 from raytune_suite.engine.runner import run_experiment
 from raytune_suite.experiment import load_spec
 from raytune_suite.training import checkpoint as ckpt
@@ -146,11 +146,10 @@ PBT_FUNCTION = textwrap.dedent("""
 """).replace("PBT_MAX_T", str(PBT_MAX_T))
 
 
-def test_ray_pbt_example_killed_and_resumed_keeps_exploiting(tmp_path):
-    """`ray.tune.examples.pbt_function` through `raytune-suite run`, SIGKILLed after two
-    exploits, then `raytune-suite resume`: PBT goes on exploiting, every exploit finds
-    its checkpoint (keep 3 < interval 4 + 1), every trial finishes, and resume prints no
-    Ray error about checkpoints that keep deleted on purpose."""
+@scenario("pbt: Ray's example killed and resumed", needed_by="pbt_killed", seconds=28)
+def _pbt_killed(tmp_path):
+    """`run` SIGKILLed after two exploits, then `resume`: (folder, exploits at the kill,
+    the resume)."""
     (tmp_path / "pbtf.yaml").write_text(PBT_FUNCTION)
     results = tmp_path / "ray_results" / "pbtf"
     kill_when([*CLI, "run", "pbtf.yaml"], tmp_path, lambda: len(exploits(results)) >= 2)
@@ -158,6 +157,21 @@ def test_ray_pbt_example_killed_and_resumed_keeps_exploiting(tmp_path):
 
     proc = subprocess.run([*CLI, "resume", "pbtf"], cwd=tmp_path, env=cli_env(),
                           capture_output=True, text=True, timeout=600)
+    return tmp_path, before, proc
+
+
+@pytest.fixture
+def pbt_killed(scenario_runs):
+    return scenario_runs.result("pbt: Ray's example killed and resumed")
+
+
+def test_ray_pbt_example_killed_and_resumed_keeps_exploiting(pbt_killed):
+    """`ray.tune.examples.pbt_function` through `raytune-suite run`, SIGKILLed after two
+    exploits, then `raytune-suite resume`: PBT goes on exploiting, every exploit finds
+    its checkpoint (keep 3 < interval 4 + 1), every trial finishes, and resume prints no
+    Ray error about checkpoints that keep deleted on purpose."""
+    tmp_path, before, proc = pbt_killed
+    results = tmp_path / "ray_results" / "pbtf"
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]
     assert "pbtf: 4 trials, 0 errored" in proc.stdout

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from helpers import CLI, EXPERIMENTS, cli_env, js_errors, mlflow_runs, result_rows
+from helpers import CLI, EXPERIMENTS, cli_env, js_errors, mlflow_runs, result_rows, scenario
 
 
 # `plan` as a user runs it, except that starting Ray would fail it: it must start none.
@@ -20,26 +20,33 @@ NO_RAY = ("import sys, ray\n"
           "sys.exit(main(sys.argv[1:]))\n")
 
 
-@pytest.fixture(scope="module")
-def quickstart_plan(tmp_path_factory):
-    """``plan --json`` of the quickstart in the fresh folder the run will use, before it:
-    (folder, the plan as printed)."""
-    cwd = tmp_path_factory.mktemp("quickstart")
-    proc = subprocess.run([sys.executable, "-c", NO_RAY, "plan",
+@scenario("quickstart: plan, then run", needed_by="quickstart_plan", seconds=27)
+def _quickstart(cwd):
+    """``plan --json`` of the quickstart in a fresh folder, then ``run`` there: (folder,
+    the plan's process, the folder's contents after it, the run's process, its seconds)."""
+    plan = subprocess.run([sys.executable, "-c", NO_RAY, "plan",
                            str(EXPERIMENTS / "quickstart.yaml"), "--json"], cwd=cwd,
                           capture_output=True, text=True, env=cli_env(), timeout=120)
+    after_plan = list(cwd.iterdir())
+    t0 = time.perf_counter()
+    run = subprocess.run([*CLI, "run", str(EXPERIMENTS / "quickstart.yaml")], cwd=cwd,
+                         capture_output=True, text=True, env=cli_env(), timeout=600)
+    return cwd, plan, after_plan, run, time.perf_counter() - t0
+
+
+@pytest.fixture(scope="module")
+def quickstart_plan(scenario_runs):
+    """``plan --json`` of the quickstart in the fresh folder the run will use, before it:
+    (folder, the plan as printed)."""
+    cwd, proc, after_plan, *_ = scenario_runs.result("quickstart: plan, then run")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert list(cwd.iterdir()) == [], "plan wrote into the working directory"
+    assert after_plan == [], "plan wrote into the working directory"
     return cwd, json.loads(proc.stdout)
 
 
 @pytest.fixture(scope="module")
-def quickstart_run(quickstart_plan):
-    cwd, _ = quickstart_plan
-    t0 = time.perf_counter()
-    proc = subprocess.run([*CLI, "run", str(EXPERIMENTS / "quickstart.yaml")], cwd=cwd,
-                          capture_output=True, text=True, env=cli_env(), timeout=600)
-    seconds = time.perf_counter() - t0
+def quickstart_run(quickstart_plan, scenario_runs):
+    cwd, _, _, proc, seconds = scenario_runs.result("quickstart: plan, then run")
     print(f"quickstart took {seconds:.1f} s")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return cwd, proc.stdout, seconds, proc.stderr

@@ -12,7 +12,7 @@ from pathlib import Path
 import cloudpickle
 import pytest
 
-from helpers import CLI, cli_env, kill_when, mlflow_runs, result_rows
+from helpers import CLI, cli_env, kill_when, mlflow_runs, result_rows, scenario
 
 SAMPLES, EPOCHS = 5, 5
 EXPERIMENT = textwrap.dedent(f"""
@@ -54,10 +54,13 @@ def _run_until_killed(cmd, cwd, results, extra_rows: int) -> None:
     time.sleep(1.0)
 
 
-def test_three_sigkills_then_resume_lose_nothing(tmp_path):
+@scenario("resume: three SIGKILLs", needed_by="three_sigkills", seconds=72)
+def _three_sigkills(tmp_path):
+    """`run`, SIGKILLed, then `resume` SIGKILLed twice, each after 2-6 more results, then
+    `resume` to the end: (folder, seed, Ray's saved state and the rows after each kill,
+    the last resume)."""
     seed = int(time.time())
     rng = random.Random(seed)
-    why = f"(kill points drawn with seed {seed})"
     (tmp_path / "exp.yaml").write_text(EXPERIMENT)
     results = tmp_path / "ray_results" / "crashy"
 
@@ -72,6 +75,18 @@ def test_three_sigkills_then_resume_lose_nothing(tmp_path):
 
     proc = subprocess.run([*CLI, "resume", "crashy"], cwd=tmp_path, env=cli_env(),
                           capture_output=True, text=True, timeout=600)
+    return tmp_path, seed, snapshots, rows_at_kill, proc
+
+
+@pytest.fixture
+def three_sigkills(scenario_runs):
+    return scenario_runs.result("resume: three SIGKILLs")
+
+
+def test_three_sigkills_then_resume_lose_nothing(three_sigkills):
+    tmp_path, seed, snapshots, rows_at_kill, proc = three_sigkills
+    why = f"(kill points drawn with seed {seed})"
+    results = tmp_path / "ray_results" / "crashy"
     assert proc.returncode == 0, why + proc.stdout[-3000:] + proc.stderr[-3000:]
     assert f"crashy: {SAMPLES} trials, 0 errored" in proc.stdout, why
 
@@ -153,11 +168,12 @@ RANDOM_SEARCH = textwrap.dedent("""
 """)
 
 
-def test_a_kill_at_any_moment_leaves_nothing_or_a_resumable_search(tmp_path):
-    """Killed just after Ray wrote tuner.pkl (before its first experiment state), then at
-    its first result, then once three trials finished: each time either nothing is
-    left (`run` starts again) or `resume` goes on, and the search ends with exactly
-    num_samples trials, each with its own searched x, and one MLflow run per trial."""
+@scenario("resume: a kill at any moment", needed_by="killed_at_any_moment", seconds=52)
+def _killed_at_any_moment(tmp_path):
+    """Killed just after Ray wrote tuner.pkl (before its first experiment state), twice,
+    then at its first result, then once three trials finished; each time followed by
+    the command a user would type next (`run` if nothing is left, else `resume`), the
+    last one to the end: (folder, that last command's process)."""
     (tmp_path / "user_train.py").write_text(USER_TRAINABLE)
     (tmp_path / "exp.yaml").write_text(RANDOM_SEARCH)
     results = tmp_path / "ray_results" / "anytime"
@@ -186,6 +202,21 @@ def test_a_kill_at_any_moment_leaves_nothing_or_a_resumable_search(tmp_path):
 
     proc = subprocess.run(again(), cwd=tmp_path, env=cli_env(), capture_output=True,
                           text=True, timeout=600)
+    return tmp_path, proc
+
+
+@pytest.fixture
+def killed_at_any_moment(scenario_runs):
+    return scenario_runs.result("resume: a kill at any moment")
+
+
+def test_a_kill_at_any_moment_leaves_nothing_or_a_resumable_search(killed_at_any_moment):
+    """Killed just after Ray wrote tuner.pkl (before its first experiment state), then at
+    its first result, then once three trials finished: each time either nothing is
+    left (`run` starts again) or `resume` goes on, and the search ends with exactly
+    num_samples trials, each with its own searched x, and one MLflow run per trial."""
+    tmp_path, proc = killed_at_any_moment
+    results = tmp_path / "ray_results" / "anytime"
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "anytime: 6 trials, 0 errored" in proc.stdout, proc.stdout[-2000:]
     assert "Failed to fetch metrics" not in proc.stderr

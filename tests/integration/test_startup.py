@@ -5,7 +5,9 @@ import re
 import subprocess
 import textwrap
 
-from helpers import CLI, cli_env
+import pytest
+
+from helpers import CLI, cli_env, scenario
 
 
 def test_embedded_workers_start_with_the_builtin_trainable_imported(no_ray):
@@ -72,10 +74,20 @@ EXPERIMENT = textwrap.dedent("""
 """)
 
 
-def test_run_verbose_says_where_the_start_up_time_went(in_tmp):
-    (in_tmp / "exp.yaml").write_text(EXPERIMENT)
-    proc = subprocess.run([*CLI, "run", "exp.yaml", "--no-mlflow", "--verbose"], cwd=in_tmp,
+@scenario("startup: run --verbose", needed_by="verbose_run", seconds=18)
+def _verbose_run(folder):
+    (folder / "exp.yaml").write_text(EXPERIMENT)
+    return subprocess.run([*CLI, "run", "exp.yaml", "--no-mlflow", "--verbose"], cwd=folder,
                           env=cli_env(), capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture
+def verbose_run(scenario_runs):
+    return scenario_runs.result("startup: run --verbose")
+
+
+def test_run_verbose_says_where_the_start_up_time_went(verbose_run):
+    proc = verbose_run
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     found = re.search(r"^phases \(s from process start\): (.*)$", proc.stdout, re.M)
     assert found, proc.stdout[-2000:]
