@@ -88,10 +88,57 @@ SMALL = ["--set", "search.num_samples=4", "--set", "search.n_initial_points=2",
          "--set", "scheduler.grace_period=1"]
 
 
-def test_submit_quickstart_streams_logs_and_logs_to_mlflow(head, tmp_path):
-    proc = subprocess.run([*CLI, "submit", str(EXPERIMENTS / "quickstart.yaml"), "--address",
-                           head["url"], *SMALL], cwd=tmp_path, env=_token_env(head),
+def _submit_quickstart(head, folder):
+    return subprocess.run([*CLI, "submit", str(EXPERIMENTS / "quickstart.yaml"), "--address",
+                           head["url"], *SMALL], cwd=folder, env=_token_env(head),
                           capture_output=True, text=True, timeout=600)
+
+
+def _no_wait_then_status(head, folder):
+    """``submit --no-wait``, the job's end (polled over REST), ``status``, ``status --logs``."""
+    proc = subprocess.run([*CLI, "submit", str(EXPERIMENTS / "iris_grid.yaml"), "--address",
+                           head["url"], "--no-wait", "--set", "config.epochs=2",
+                           "--set", "scheduler.max_t=2"],
+                          cwd=folder, env=_token_env(head), capture_output=True, text=True,
+                          timeout=120)
+    if proc.returncode != 0:
+        return proc, None, None, None
+    job_id = proc.stdout.split()[2]
+    _wait_for_job_end(head, job_id, timeout=300)  # cheaply: no CLI process per look
+    st = subprocess.run([*CLI, "status", job_id, "--address", head["url"]], cwd=folder,
+                        env=_token_env(head), capture_output=True, text=True, timeout=60)
+    logs = subprocess.run([*CLI, "status", job_id, "--address", head["url"], "--logs"],
+                          cwd=folder, env=_token_env(head), capture_output=True, text=True,
+                          timeout=60)
+    return proc, job_id, st, logs
+
+
+def _run_with_address_auto(head, folder):
+    return subprocess.run([*CLI, "run", str(EXPERIMENTS / "iris_grid.yaml"), "--address",
+                           "auto", "--verbose",  # Ray's trial table shows the GPUs in use
+                           "--set", "config.epochs=2", "--set", "scheduler.max_t=2",
+                           "--set", "resources.gpu=0.5"],
+                          cwd=folder, env=_token_env(head, RAY_ADDRESS=head["gcs"]),
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def on_the_head(head, tmp_path_factory):
+    """The three searches below, submitted to the one head at once (several users share a
+    cluster; each mostly waits on its processes' start-up), each from its own folder:
+    name -> (folder, what it returned)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    steps = {"submit": _submit_quickstart, "no-wait": _no_wait_then_status,
+             "address auto": _run_with_address_auto}
+    folders = {name: tmp_path_factory.mktemp(name.replace(" ", "-")) for name in steps}
+    with ThreadPoolExecutor(max_workers=len(steps)) as pool:
+        futures = {name: pool.submit(step, head, folders[name]) for name, step in steps.items()}
+    return {name: (folders[name], future.result()) for name, future in futures.items()}
+
+
+def test_submit_quickstart_streams_logs_and_logs_to_mlflow(on_the_head):
+    tmp_path, proc = on_the_head["submit"]
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert proc.stdout.startswith("submitted job raytune-quickstart-")
     assert "top 4 by val_accuracy" in proc.stdout  # the job's own output, streamed
@@ -101,33 +148,17 @@ def test_submit_quickstart_streams_logs_and_logs_to_mlflow(head, tmp_path):
     assert (tmp_path / "ray_results" / "quickstart" / "raytune_suite.yaml").is_file()
 
 
-def test_no_wait_then_status(head, tmp_path):
-    proc = subprocess.run([*CLI, "submit", str(EXPERIMENTS / "iris_grid.yaml"), "--address",
-                           head["url"], "--no-wait", "--set", "config.epochs=2",
-                           "--set", "scheduler.max_t=2"],
-                          cwd=tmp_path, env=_token_env(head), capture_output=True, text=True,
-                          timeout=120)
+def test_no_wait_then_status(on_the_head, head):
+    _, (proc, job_id, st, logs) = on_the_head["no-wait"]
     assert proc.returncode == 0, proc.stderr
-    job_id = proc.stdout.split()[2]
     assert f"raytune-suite status {job_id} --address {head['url']}" in proc.stdout
-    _wait_for_job_end(head, job_id, timeout=300)  # cheaply: no CLI process per look
-    st = subprocess.run([*CLI, "status", job_id, "--address", head["url"]], cwd=tmp_path,
-                        env=_token_env(head), capture_output=True, text=True, timeout=60)
     state = st.stdout.split()[1] if st.stdout else ""
     assert state == "SUCCEEDED", st.stdout + st.stderr
-    logs = subprocess.run([*CLI, "status", job_id, "--address", head["url"], "--logs"],
-                          cwd=tmp_path, env=_token_env(head), capture_output=True, text=True,
-                          timeout=60)
     assert "iris-grid: 9 trials, 0 errored" in logs.stdout
 
 
-def test_run_with_address_auto_uses_the_cluster(head, tmp_path):
-    proc = subprocess.run([*CLI, "run", str(EXPERIMENTS / "iris_grid.yaml"), "--address",
-                           "auto", "--verbose",  # Ray's trial table shows the GPUs in use
-                           "--set", "config.epochs=2", "--set", "scheduler.max_t=2",
-                           "--set", "resources.gpu=0.5"],
-                          cwd=tmp_path, env=_token_env(head, RAY_ADDRESS=head["gcs"]),
-                          capture_output=True, text=True, timeout=300)
+def test_run_with_address_auto_uses_the_cluster(on_the_head):
+    _, proc = on_the_head["address auto"]
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "iris-grid: 9 trials, 0 errored" in proc.stdout
     assert "Logical resource usage" in proc.stdout and "/2 GPUs" in proc.stdout
