@@ -251,7 +251,8 @@ def decide_for(spec: ExperimentSpec, gpus: float, data=None,
     cluster's GPUs (Ray is up); else in this process's machine.
 
     Raises:
-        SpecError: one copy of the largest configuration alone does not fit the GPU.
+        SpecError: one copy of the largest configuration alone does not fit the GPU, or
+            the probe failed (its error in one line).
     """
     probed: Optional[dict[str, Any]] = None
     if not gpus:
@@ -263,13 +264,21 @@ def decide_for(spec: ExperimentSpec, gpus: float, data=None,
     else:
         config, threads = probe_config(spec), max(1, int(spec.resources.cpu))
         shapes = data_shapes(config, data) if data is not None else None
-        if on_ray:
-            import ray
+        try:
+            if on_ray:
+                import ray
 
-            probed = ray.get(ray.remote(num_gpus=1, num_cpus=1)(_probe_task)
-                             .remote(config, shapes, threads))
-        else:
-            probed = _probe_task(config, shapes, threads)
+                probed = ray.get(ray.remote(num_gpus=1, num_cpus=1)(_probe_task)
+                                 .remote(config, shapes, threads))
+            else:
+                probed = _probe_task(config, shapes, threads)
+        except SpecError:
+            raise
+        except Exception as e:  # noqa: BLE001 - said in one line, before anything is written
+            cause = getattr(e, "cause", None) or e  # a Ray task's error: what it raised
+            raise SpecError("resources.gpu", f"auto: the probe failed ({_first_line(cause)}); "
+                                             "give a number of GPUs per trial to run without "
+                                             "it", "auto") from None
         try:
             decision = decide(probed["measurements"], probed["gpu_memory_bytes"])
         except ValueError as e:
@@ -288,6 +297,11 @@ def record(decision: Decision, probed: Optional[dict[str, Any]]) -> dict[str, An
                                             f"{m.peak_memory_bytes / 2**30:.2f} GiB")
                                  for m in probed["measurements"]})
     return out
+
+
+def _first_line(error: BaseException) -> str:
+    text = " ".join(str(error).split())
+    return f"{type(error).__name__}: {text[:300]}"
 
 
 def _sizes(config: dict[str, Any]) -> str:

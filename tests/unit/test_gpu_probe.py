@@ -148,3 +148,15 @@ def test_run_prints_the_decision_and_the_probes_figures(monkeypatch, capsys):
                       "peak 2.00 GiB; 2 at once 92,000 samples/s, peak 2.00 GiB; 4 at once "
                       "171,000 samples/s, peak 2.10 GiB; 8 at once 171,000 samples/s, peak "
                       "2.10 GiB")
+
+
+def test_a_probe_that_fails_is_one_line_naming_the_field(monkeypatch):
+    def broken(config, shapes, threads):
+        raise RuntimeError("a gpu: auto probe copy failed: CUDA error: no kernel image\n...")
+
+    monkeypatch.setattr(gpu_probe, "_probe_task", broken)
+    with pytest.raises(SpecError) as caught:
+        gpu_probe.decide_for(spec_of(), gpus=1, on_ray=False)
+    message = str(caught.value)
+    assert caught.value.field == "resources.gpu" and "\n" not in message
+    assert "the probe failed (RuntimeError: a gpu: auto probe copy failed: CUDA error" in message
