@@ -26,7 +26,9 @@ Warm-up, as PyTorch's docs ask: the first ``WARMUP`` steps run eagerly on a side
 twice, and a capture (which runs nothing) is followed by a replay of that same batch.
 
 A model that cannot be captured (a host sync, an op graphs cannot record) makes the
-capture fail: the trial says so in one warning and trains eagerly from that batch on.
+capture fail, and so does a warm-up step that fails with the capturable optimizer: the
+trial says so in one warning, puts its optimizer back in its ordinary form and trains
+eagerly from that batch on.
 ``cuda_graphs: false`` in the config skips the attempt. Checkpoints hold the optimizer in
 its ordinary form (a float lr, not capturable), so a GPU trial's checkpoint restores on a
 CPU and the other way round.
@@ -78,6 +80,18 @@ def make_capturable(optimizer: torch.optim.Optimizer) -> None:
                     optimizer.state[p]["step"] = step.to(p.device, torch.float32)
 
 
+def make_ordinary(optimizer: torch.optim.Optimizer) -> None:
+    """Undo :func:`make_capturable` on a live optimizer (a float lr, neither capturable
+    nor fused): how a trial whose step cannot be graphed goes on training eagerly."""
+    for group in optimizer.param_groups:
+        if torch.is_tensor(group["lr"]):
+            group["lr"] = group["lr"].item()
+        if group.get("capturable"):
+            group["capturable"] = False
+        if group.get("fused"):
+            group["fused"] = None
+
+
 def portable(optimizer_state: dict[str, Any]) -> dict[str, Any]:
     """An optimizer ``state_dict`` in its ordinary form (a float lr, neither capturable
     nor fused), as any trainer, on a CPU or a GPU, loads it. A no-op for an optimizer
@@ -122,10 +136,14 @@ class GraphedStep:
         n = len(yb)
         graph = self.graphs.get(n)
         if graph is None:
-            if self.eager_steps[n] < (1 if self.graphs else WARMUP):
-                self.eager_steps[n] += 1
-                return self._eager_on_side_stream(xb, yb, soft)
-            graph = self._capture(xb, yb, soft)
+            try:
+                if self.eager_steps[n] < (1 if self.graphs else WARMUP):
+                    self.eager_steps[n] += 1
+                    return self._eager_on_side_stream(xb, yb, soft)
+                graph = self._capture(xb, yb, soft)
+            except Exception as err:  # noqa: BLE001 - e.g. this torch's optimizer refuses
+                self._give_up(err)    # the capturable form: the ordinary one trains on
+                graph = None
             if graph is None:  # failed and said so: this batch and the rest train eagerly
                 return self.trainer.eager_step(xb, yb, soft)
             self.graphs[n] = graph
@@ -178,6 +196,7 @@ class GraphedStep:
         except Exception:  # noqa: BLE001 - the eager steps will say if the GPU broke
             pass
         self.trainer.optimizer.zero_grad(set_to_none=True)
+        make_ordinary(self.trainer.optimizer)
         self.graphs.clear()
         reason = (str(err).strip().splitlines() or [""])[0][:200]
         self.failed = f"{type(err).__name__}: {reason}"

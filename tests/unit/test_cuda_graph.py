@@ -56,6 +56,12 @@ def test_capturable_and_back_to_the_ordinary_form(optimizer):
         assert group["capturable"] is True
         assert opt.state[net.weight]["step"].device == net.weight.device
 
+    live = make_optimizer(cfg, net.parameters())
+    cuda_graph.make_capturable(live)
+    cuda_graph.make_ordinary(live)  # a trial that falls back trains on with it
+    assert isinstance(live.param_groups[0]["lr"], float)
+    assert not live.param_groups[0].get("capturable") and not live.param_groups[0]["fused"]
+
     back = cuda_graph.portable(opt.state_dict())
     back_group, ordinary_group = back["param_groups"][0], ordinary["param_groups"][0]
     assert isinstance(back_group["lr"], float)
