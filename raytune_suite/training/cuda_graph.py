@@ -84,12 +84,7 @@ def make_ordinary(optimizer: torch.optim.Optimizer) -> None:
     """Undo :func:`make_capturable` on a live optimizer (a float lr, neither capturable
     nor fused): how a trial whose step cannot be graphed goes on training eagerly."""
     for group in optimizer.param_groups:
-        if torch.is_tensor(group["lr"]):
-            group["lr"] = group["lr"].item()
-        if group.get("capturable"):
-            group["capturable"] = False
-        if group.get("fused"):
-            group["fused"] = None
+        _ordinary(group)
 
 
 def portable(optimizer_state: dict[str, Any]) -> dict[str, Any]:
@@ -97,13 +92,18 @@ def portable(optimizer_state: dict[str, Any]) -> dict[str, Any]:
     nor fused), as any trainer, on a CPU or a GPU, loads it. A no-op for an optimizer
     that was never made capturable."""
     for group in optimizer_state["param_groups"]:
-        if torch.is_tensor(group.get("lr")):
-            group["lr"] = group["lr"].item()
-        if group.get("capturable"):
-            group["capturable"] = False
-        if group.get("fused"):
-            group["fused"] = None
+        _ordinary(group)
     return optimizer_state
+
+
+def _ordinary(group: dict[str, Any]) -> None:
+    """One param group (live, or of a state_dict) back from :func:`make_capturable`."""
+    if torch.is_tensor(group.get("lr")):
+        group["lr"] = group["lr"].item()
+    if group.get("capturable"):
+        group["capturable"] = False
+    if group.get("fused"):
+        group["fused"] = None
 
 
 @dataclass
