@@ -55,7 +55,7 @@ OFF, ON, OPTUNA = "suite, MLflow off", "suite, MLflow on (SQLite)", "Optuna"
 SIDES = (OFF, ON, OPTUNA)
 
 OPTUNA_SCRIPT = textwrap.dedent("""
-    import json, sys, time
+    import json, sys, threading, time
     import yaml
     seed, trials, epochs, jobs, file = (int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]),
                                         int(sys.argv[4]), sys.argv[5])
@@ -70,6 +70,11 @@ OPTUNA_SCRIPT = textwrap.dedent("""
     torch.set_num_threads(1)  # one core per trial, as the suite gives each trial 1 CPU
     base = {**yaml.safe_load(open(file))["config"], "epochs": epochs}
     data = to_device(load_arrays(data_spec(ClassifierConfig.from_trial(base))), "cpu")
+    printing = threading.Lock()  # n_jobs threads print; one line must not split another
+
+    def emit(row):
+        with printing:
+            print(json.dumps(row), flush=True)
 
     def objective(trial):
         name = trial.suggest_categorical("optimizer", ["adam", "sgd"])
@@ -88,7 +93,7 @@ OPTUNA_SCRIPT = textwrap.dedent("""
         while not trainer.finished:
             value = trainer.run_epoch()["val_accuracy"]
             best = max(best, value)
-            print(json.dumps({"t": time.monotonic(), "val_accuracy": value}), flush=True)
+            emit({"t": time.monotonic(), "val_accuracy": value})
             trial.report(value, trainer.epoch)
             if trial.should_prune():
                 raise optuna.TrialPruned()
