@@ -7,6 +7,7 @@ graphed against eager, restore a graphed trial, fall back when capture fails, an
 GPU checkpoint to the CPU.
 """
 
+import math
 import warnings
 
 import pytest
@@ -178,3 +179,48 @@ def test_a_gpu_checkpoint_restores_on_the_cpu(tmp_path):
     cpu.load_state_dict(ckpt.load(tmp_path))
     assert cpu.graphs is None and cpu.epoch == 1
     assert cpu.run_epoch()["train_loss"] > 0
+
+
+# Every technique of the built-in classifier, one short trial each on the GPU: graphed
+# where graphs apply (adversarial steps stay eager), finite losses, better than chance.
+TECHNIQUES = {
+    "mlp-onecycle-smoothing-clip": dict(model="mlp", hidden=[64, 32], lr_schedule="onecycle",
+                                        label_smoothing=0.1, grad_clip=1.0),
+    "cnn-sgd-augment-dropout-step": dict(optimizer="sgd", nesterov=True, lr=0.05,
+                                         augment=0.5, dropout=0.3, weight_decay=1e-4,
+                                         lr_schedule="step", lr_milestones=[3],
+                                         batch_size=32),
+    "resnet18-adamw-warmup-cosine": dict(model="resnet18", optimizer="adamw",
+                                         weight_decay=0.01, batch_size=64, warmup_epochs=1,
+                                         lr_schedule="cosine"),
+    "prune-int8": dict(prune_amount=0.5, quantize="int8"),
+    "adversarial-pgd": dict(adversarial_eps=0.1, adversarial_method="pgd",
+                            adversarial_steps=2),
+    "distillation": dict(distill_alpha=0.7),
+}
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", sorted(TECHNIQUES))
+def test_every_technique_trains_on_the_gpu(name, tmp_path):
+    over = dict(TECHNIQUES[name])
+    data = _gpu_data(image=over.get("model") != "mlp")
+    if name == "distillation":
+        teacher = Trainer(_cfg(width=1.0, amp=True), data, "cuda")
+        [teacher.run_epoch() for _ in range(2)]
+        ckpt.save(tmp_path, teacher.state_dict())
+        over["distill_from"] = str(tmp_path)
+    torch.manual_seed(0)
+    trainer = Trainer(_cfg(amp=True, epochs=3, **over), data, "cuda")
+    results = [trainer.run_epoch() for _ in range(3)]
+    for r in results:
+        assert math.isfinite(r["train_loss"]) and math.isfinite(r["val_loss"]), r
+    assert results[-1]["val_accuracy"] > 0.5, results
+    if "adversarial_eps" in over:
+        assert trainer.graphs is None
+    else:
+        assert trainer.graphs is not None and trainer.graphs.failed is None
+        assert trainer.graphs.graphs
+    if "quantize" in over:
+        val, measured = trainer.evaluate_compressed()
+        assert val["accuracy"] > 0.5 and measured["nonzero_params"] > 0
