@@ -79,7 +79,9 @@ def compressed_copy(model: nn.Module, prune_amount: float = 0.0,
         prune_amount: share of conv/linear weights to zero, 0 to 0.95.
         quantize: ``none`` (the copy stays on the model's device) or ``int8`` (on CPU).
     """
-    small = copy.deepcopy(model).eval()
+    # Contiguous: a GPU model is channels_last, whose conv weights global pruning cannot
+    # flatten with view(-1).
+    small = copy.deepcopy(model).eval().to(memory_format=torch.contiguous_format)
     for p in small.parameters():
         p.grad = None
         p.requires_grad_(False)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+import warnings
 from typing import Any
 
 import torch
@@ -213,7 +214,10 @@ class Trainer:
         if self.cfg.grad_clip:
             nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
         self.optimizer.step()
-        return loss
+        # Detached: a loss kept alive (the caller's loop variable) would keep this step's
+        # autograd graph alive, and with it the gradient accumulators of the stream it ran
+        # on, into the next CUDA-graph capture (torch warns of the stream mismatch).
+        return loss.detach()
 
     def _teacher_logits(self, xb: torch.Tensor, idx: torch.Tensor) -> torch.Tensor | None:
         """Distillation's soft targets for the batch (on the clean inputs); else None."""
@@ -397,11 +401,24 @@ class Trainer:
         self.best_val_loss = stopping.get("best_val_loss", math.inf)
         self.epochs_without_improvement = stopping.get("epochs_without_improvement", 0)
         torch.set_rng_state(state["rng"]["torch"])
-        self.generator.set_state(state["rng"]["shuffle"])
+        self._restore_shuffle(state["rng"]["shuffle"])
         if self.on_gpu and "cuda" in state["rng"]:
             torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
         if exploit:
             self.apply_hyperparameters()
+
+    def _restore_shuffle(self, saved: torch.Tensor) -> None:
+        """The shuffling generator's saved state. A checkpoint from another kind of device
+        (a GPU trial resumed on a CPU, or back) holds another kind of generator's state:
+        then the shuffling goes on from this trial's seed and epoch, and says so."""
+        try:
+            self.generator.set_state(saved)
+        except RuntimeError:
+            self.generator.manual_seed(self.cfg.seed * 100_003 + self.epoch)
+            warnings.warn(f"checkpoint: the shuffling state is another device's; this "
+                          f"{self.generator.device.type} trial reseeds its shuffling from "
+                          f"seed {self.cfg.seed} and epoch {self.epoch}", RuntimeWarning,
+                          stacklevel=3)
 
     def apply_hyperparameters(self) -> None:
         """Make the optimizer follow ``self.cfg`` (PBT's new values win over the donor's).

@@ -36,9 +36,14 @@ def prunable_zeros(model) -> tuple[int, int]:
 
 
 @pytest.mark.parametrize("amount", [0.5, 0.9])
-def test_pruning_zeroes_the_requested_share_permanently(amount):
+@pytest.mark.parametrize("channels_last", [False, True], ids=["contiguous", "channels_last"])
+def test_pruning_zeroes_the_requested_share_permanently(amount, channels_last):
+    """Also of a channels_last model (every GPU trial's), whose conv weights are not
+    contiguous."""
     torch.manual_seed(0)
     model = CNN((1, 8, 8), 10, width=0.25)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
     small = compress.compressed_copy(model, amount)
     zeros, total = prunable_zeros(small)
     assert zeros == round(amount * total)

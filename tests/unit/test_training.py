@@ -166,6 +166,26 @@ def test_restore_is_exact(tmp_path, schedule):
             assert got[key] == want[key], key
 
 
+def test_a_checkpoint_from_another_device_kind_reseeds_the_shuffling(tmp_path):
+    """A GPU trial's shuffling state is a CUDA generator's (16 bytes: seed and offset),
+    which a CPU generator refuses: the restored trial reseeds from seed and epoch, says
+    so once, and trains on. (The gpu test in test_cuda_graph.py moves a real one.)"""
+    cfg = ClassifierConfig(dataset="digits", model="mlp", epochs=4, seed=7)
+    first = Trainer(cfg, digits())
+    first.run_epoch()
+    state = first.state_dict()
+    state["rng"]["shuffle"] = torch.zeros(16, dtype=torch.uint8)  # a CUDA generator's size
+    ckpt.save(tmp_path, state)
+    runs = []
+    for _ in range(2):
+        resumed = Trainer(cfg, digits())
+        with pytest.warns(RuntimeWarning, match="reseeds its shuffling from seed 7 and epoch 1"):
+            resumed.load_state_dict(ckpt.load(tmp_path))
+        runs.append(resumed.run_epoch())
+    assert runs[0]["train_loss"] == runs[1]["train_loss"]  # the same reseed each restore
+    assert runs[0]["epoch"] == 2 and math.isfinite(runs[0]["train_loss"])
+
+
 def test_exploit_applies_the_new_hyperparameters(tmp_path):
     """PBT: weights and optimizer state from the donor, lr/momentum/batch size our own."""
     data = load_dataset(DataSpec("iris"))
