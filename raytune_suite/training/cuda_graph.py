@@ -188,7 +188,10 @@ class GraphedStep:
         except Exception as err:  # noqa: BLE001 - any failure means: train eagerly
             self._give_up(err)
             return None
-        return _Graph(graph, x, y, s, loss)
+        # Detached: the captured autograd graph (its gradient accumulators, made on the
+        # capture's stream) must not outlive the capture into the next batch size's eager
+        # warm-up and capture, which run on other streams. Replays still write this storage.
+        return _Graph(graph, x, y, s, loss.detach())
 
     def _give_up(self, err: BaseException) -> None:
         try:

@@ -90,28 +90,37 @@ def _cfg(**over) -> ClassifierConfig:
 @pytest.mark.gpu
 @pytest.mark.parametrize("optimizer", ["adam", "sgd"])
 def test_graphed_training_follows_eager_training(optimizer, monkeypatch):
-    """Same seed, same batches: the graphed trainer's losses track the eager one's (fp32
-    without TF32, deterministic cuDNN, no dropout: only the optimizers' fused against
-    foreach arithmetic may differ), and it replays a graph for the full batches and one
-    for the partial last batch."""
+    """Same seed, same batches, fp32 without TF32, deterministic cuDNN, no dropout.
+
+    Replaying the graphs computes what the same steps compute eagerly with the same
+    (capturable) optimizer, to float rounding; against the ordinary optimizer (foreach,
+    a float lr) the losses differ by that optimizer's own arithmetic, which 3 epochs
+    amplify (1.05e-3 relative at most, measured on an H200). One graph for the full
+    batches, one for the partial last batch."""
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
     data = _gpu_data()
     runs = {}
-    for graphs in (True, False):
+    for mode in ("graphs", "capturable, eager", "ordinary, eager"):
+        if mode == "capturable, eager":  # every step a warm-up step: nothing captured
+            monkeypatch.setattr(cuda_graph, "WARMUP", 10**9)
         torch.manual_seed(0)
-        trainer = Trainer(_cfg(optimizer=optimizer, cuda_graphs=graphs), data, "cuda")
-        runs[graphs] = [trainer.run_epoch() for _ in range(3)]
-        if graphs:
+        trainer = Trainer(_cfg(optimizer=optimizer, cuda_graphs=mode != "ordinary, eager"),
+                          data, "cuda")
+        runs[mode] = [trainer.run_epoch() for _ in range(3)]
+        if mode == "graphs":
             assert trainer.graphs is not None and trainer.graphs.failed is None
             assert sorted(trainer.graphs.graphs) == [len(data.y_train) % 100, 100]
+        elif mode == "capturable, eager":
+            assert trainer.graphs is not None and not trainer.graphs.graphs
         else:
             assert trainer.graphs is None
-    for graphed, eager in zip(runs[True], runs[False]):
-        assert graphed["train_loss"] == pytest.approx(eager["train_loss"], rel=1e-3)
-        assert graphed["val_loss"] == pytest.approx(eager["val_loss"], rel=1e-3)
-        assert graphed["lr"] == pytest.approx(eager["lr"])
+    for graphed, same, ordinary in zip(*runs.values()):
+        for key in ("train_loss", "val_loss"):
+            assert graphed[key] == pytest.approx(same[key], rel=1e-4), key
+            assert graphed[key] == pytest.approx(ordinary[key], rel=3e-3), key
+        assert graphed["lr"] == pytest.approx(ordinary["lr"])
 
 
 @pytest.mark.gpu
