@@ -6,7 +6,6 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "1")
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "0")
 
 import shutil  # noqa: E402
-from concurrent.futures import ThreadPoolExecutor  # noqa: E402
 
 import pytest  # noqa: E402
 
@@ -18,43 +17,8 @@ def in_tmp(tmp_path, monkeypatch):
     return tmp_path
 
 
-def reads_scenarios(item) -> bool:
-    """Whether a test reads a scenario's outcome (``helpers.scenario``)."""
-    return "scenario_runs" in getattr(item, "fixturenames", ())
-
-
-@pytest.fixture(scope="session", autouse=True)
-def scenario_pool(request, tmp_path_factory):
-    """The scenarios (``helpers.scenario``) the selected tests read, started in the
-    background at the session's first test, three at a time, longest first, each in a
-    fresh folder. They spend much of their time waiting on process and Ray start-up, so
-    the session's other tests run meanwhile; the tests that read them run last
-    (``pytest_collection_modifyitems``). None when no selected test reads one."""
-    from helpers import SCENARIOS, ScenarioRuns
-
-    needed = {name for item in request.session.items if reads_scenarios(item)
-              for name in item.fixturenames}
-    chosen = sorted((name for name, (_, fixture, _) in SCENARIOS.items() if fixture in needed),
-                    key=lambda name: -SCENARIOS[name][2])
-    if not chosen:
-        yield None
-        return
-    pool = ThreadPoolExecutor(max_workers=3, thread_name_prefix="scenario")
-    futures = {name: pool.submit(SCENARIOS[name][0], tmp_path_factory.mktemp(
-        "".join(c if c.isalnum() else "-" for c in name)[:40])) for name in chosen}
-    try:
-        yield ScenarioRuns(futures)
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-
-
-@pytest.hookimpl(trylast=True)  # after the integration conftest's own ordering
 def pytest_collection_modifyitems(config, items):
-    """Tests that read a scenario run last, after the scenarios have had the whole session
-    to run beside the other tests. GPU tests run only where CUDA is available (never in
-    CI)."""
-    items[:] = ([i for i in items if not reads_scenarios(i)]
-                + [i for i in items if reads_scenarios(i)])
+    """GPU tests run only where CUDA is available (never in CI)."""
     try:
         import torch
 

@@ -2,7 +2,6 @@
 
 import os
 import sys
-import threading
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -10,17 +9,9 @@ EXPERIMENTS = ROOT / "experiments"
 CLI = [sys.executable, "-m", "raytune_suite.cli"]
 
 
-# The environment as the session started. Scenarios run in threads beside the other
-# tests, which may change os.environ for a moment (monkeypatch.setenv): a scenario's
-# processes get this one instead.
-_SESSION_ENV = dict(os.environ)
-
-
 def cli_env(**extra) -> dict:
     """Environment for running the CLI as a subprocess, from this checkout."""
-    in_scenario = threading.current_thread().name.startswith("scenario")
-    return dict(_SESSION_ENV if in_scenario else os.environ, PYTHONPATH=str(ROOT),
-                PYTHONUNBUFFERED="1", **extra)
+    return dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1", **extra)
 
 
 # log_to_driver=False as `raytune-suite run` without --verbose: the trials' own output (a

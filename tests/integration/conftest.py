@@ -1,6 +1,8 @@
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 
-from helpers import shared_ray
+from helpers import SCENARIOS, ScenarioRuns, shared_ray
 
 
 @pytest.fixture
@@ -20,8 +22,8 @@ def no_ray():
     ray.shutdown()
 
 
-# A test that reads a scenario may wait for it (the pool runs about 7 minutes on 2 cores,
-# beside the other tests): it gets this much longer than pyproject's per-test 600 s.
+# The session's scenarios all run in the set-up of the first test that reads one (about
+# 6 minutes on 2 cores): that test gets this much longer than pyproject's per-test 600 s.
 # Each scenario keeps its own, shorter timeouts on the processes it runs.
 SCENARIO_TIMEOUT_S = 1500
 
@@ -46,10 +48,18 @@ def pytest_collection_modifyitems(items):
 
 
 @pytest.fixture(scope="session")
-def scenario_runs(scenario_pool):
-    """The session's scenarios (started by ``scenario_pool`` in tests/conftest.py); a
-    test's ``result(name)`` waits for its own."""
-    return scenario_pool
+def scenario_runs(request, tmp_path_factory):
+    """Every scenario (``helpers.scenario``) that a selected test needs, three at a time,
+    longest first, each in a fresh folder; all have ended when this returns. They
+    overlap well on 2 cores: each waits on its processes' start-up much of the time."""
+    needed = {name for item in request.session.items
+              for name in getattr(item, "fixturenames", ())}
+    chosen = sorted((name for name, (_, fixture, _) in SCENARIOS.items() if fixture in needed),
+                    key=lambda name: -SCENARIOS[name][2])
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        futures = {name: pool.submit(SCENARIOS[name][0], tmp_path_factory.mktemp(
+            "".join(c if c.isalnum() else "-" for c in name)[:40])) for name in chosen}
+    return ScenarioRuns(futures)
 
 
 @pytest.fixture(scope="session")
