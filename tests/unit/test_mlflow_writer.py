@@ -12,6 +12,7 @@ import sys
 import textwrap
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -363,6 +364,20 @@ def test_a_prestarted_writer_process_is_taken_by_the_search(uri, parent):
     assert _steps(uri, _runs(uri, parent)["a"]) == [1, 2]
 
 
+def _wait_until_idle(pid: int, quiet_s: float = 0.5, timeout: float = 60) -> None:
+    """Until process ``pid`` has used no CPU for ``quiet_s`` (blocked on its pipe), read
+    from /proc (Linux): its user and system clock ticks."""
+    stat, deadline = Path(f"/proc/{pid}/stat"), time.monotonic() + timeout
+    used, since = None, time.monotonic()
+    while time.monotonic() - since < quiet_s:
+        assert time.monotonic() < deadline, "the writer process never went idle"
+        fields = stat.read_text().rsplit(")", 1)[1].split()
+        now = int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+        if now != used:
+            used, since = now, time.monotonic()
+        time.sleep(0.05)
+
+
 def test_a_prestarted_writer_process_leaves_the_store_to_the_driver(tmp_path):
     """Two processes creating a new SQLite store's tables at once collide: the child
     imports MLflow early but opens the store only once the driver's search run exists."""
@@ -371,7 +386,7 @@ def test_a_prestarted_writer_process_leaves_the_store_to_the_driver(tmp_path):
     db = tmp_path / "mlflow.db"
     fresh = f"sqlite:///{db}"
     tracking.prestart_writer()
-    time.sleep(4)  # long enough for the child's imports on this machine
+    _wait_until_idle(_writer_process._spare[0].pid)  # its imports done: waiting for a search
     assert _writer_process._spare[0].poll() is None and not db.exists()
     client = tracking.mlflow_client(fresh)
     parent = client.create_run(client.create_experiment("fresh")).info.run_id
