@@ -270,7 +270,8 @@ def resume_experiment(ref: str, address: Optional[str] = None,
         state.setdefault("tracking_uri", None)
         state.setdefault("parent_run_id", None)
         if state["parent_run_id"]:
-            _reopen_search_run(state)
+            _reopen_search_run(state, spec.search.num_samples if extending else None,
+                               path / SPEC_FILE if extending else None)
         data = shared_data(spec)
         phases.mark("data loaded")
         init_ray(address, log_to_driver=progress is None, spec=spec)
@@ -295,12 +296,14 @@ def resume_experiment(ref: str, address: Optional[str] = None,
         return _fit_and_finish(spec, tuner, path, state, progress)
 
 
-def _reopen_search_run(state: dict) -> None:
+def _reopen_search_run(state: dict, num_samples: Optional[int] = None,
+                       spec_file: Optional[Path] = None) -> None:
     from raytune_suite import tracking
 
     tracking.configure_client()
     try:
-        tracking.reopen_run(state["tracking_uri"], state["parent_run_id"])
+        tracking.reopen_run(state["tracking_uri"], state["parent_run_id"], num_samples,
+                            spec_file)
     except Exception as e:  # noqa: BLE001 - resuming matters more than the log
         raise SpecError("tracking.mlflow.tracking_uri",
                         f"the search's MLflow run could not be reopened "

@@ -60,9 +60,21 @@ def start_search_run(uri: str, experiment: str, run_name: str, experiment_path: 
     return run_id
 
 
-def reopen_run(uri: str, run_id: str) -> None:
-    """Mark a parent run RUNNING again on resume."""
-    mlflow_client(uri).update_run(run_id, status="RUNNING")
+NUM_SAMPLES_TAG = "raytune_suite.num_samples"
+
+
+def reopen_run(uri: str, run_id: str, num_samples: Optional[int] = None,
+               spec_file: Optional[Path] = None) -> None:
+    """Mark a parent run RUNNING again on resume. An extended search (``num_samples``,
+    its new trial count) says so in the tag ``raytune_suite.num_samples`` (MLflow never
+    changes a param: ``search.num_samples`` keeps the count it started with) and logs
+    its grown ``spec_file`` again."""
+    client = mlflow_client(uri)
+    client.update_run(run_id, status="RUNNING")
+    if num_samples is not None:
+        client.set_tag(run_id, NUM_SAMPLES_TAG, str(num_samples))
+    if spec_file is not None:
+        client.log_artifact(run_id, str(spec_file))
 
 
 def finish_search_run(uri: str, run_id: str, best: Optional[dict[str, Any]],

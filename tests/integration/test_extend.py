@@ -64,6 +64,9 @@ def test_a_hyperopt_search_extended_by_4_keeps_its_history(ray_local, objectives
     search = runs[runs["tags.raytune_suite.role"] == "search"]
     trials = runs[runs["tags.raytune_suite.role"] == "trial"]
     assert len(search) == 1 and search.iloc[0]["status"] == "FINISHED"
+    # the param keeps the count the search started with (MLflow params never change)
+    assert search.iloc[0]["params.search.num_samples"] == "6"
+    assert search.iloc[0]["tags.raytune_suite.num_samples"] == "10"
     assert len(trials) == 10 and set(trials["status"]) == {"FINISHED"}
     assert (trials["tags.mlflow.parentRunId"] == search.iloc[0]["run_id"]).all()
     assert trials["tags.ray.trial_id"].nunique() == 10
