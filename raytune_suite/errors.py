@@ -17,6 +17,12 @@ def show(value: Any) -> str:
     return text if len(text) <= 120 else text[:117] + "..."
 
 
+def one_line(error: BaseException, limit: int = 300) -> str:
+    """An exception's text on one line (whitespace, newlines included, collapsed), cut to
+    ``limit`` characters: for a user-facing message that quotes what a library raised."""
+    return " ".join(str(error).split())[:limit]
+
+
 class SpecError(Exception):
     """A mistake in the experiment file or the command line (exit status 2).
 

@@ -30,7 +30,7 @@ from typing import Any, Optional
 
 from raytune_suite.engine._machine import _merge, centre
 from raytune_suite.engine.gpu_auto import PACKINGS, Decision, Measurement, decide
-from raytune_suite.errors import SpecError
+from raytune_suite.errors import SpecError, one_line
 from raytune_suite.experiment import ExperimentSpec
 from raytune_suite.experiment.space import Branch, Domain, SearchSpace
 
@@ -276,7 +276,8 @@ def decide_for(spec: ExperimentSpec, gpus: float, data=None,
             raise
         except Exception as e:  # noqa: BLE001 - said in one line, before anything is written
             cause = getattr(e, "cause", None) or e  # a Ray task's error: what it raised
-            raise SpecError("resources.gpu", f"auto: the probe failed ({_first_line(cause)}); "
+            raise SpecError("resources.gpu", f"auto: the probe failed ({type(cause).__name__}: "
+                                             f"{one_line(cause)}); "
                                              "give a number of GPUs per trial to run without "
                                              "it", "auto") from None
         try:
@@ -297,11 +298,6 @@ def record(decision: Decision, probed: Optional[dict[str, Any]]) -> dict[str, An
                                             f"{m.peak_memory_bytes / 2**30:.2f} GiB")
                                  for m in probed["measurements"]})
     return out
-
-
-def _first_line(error: BaseException) -> str:
-    text = " ".join(str(error).split())
-    return f"{type(error).__name__}: {text[:300]}"
 
 
 def _sizes(config: dict[str, Any]) -> str:

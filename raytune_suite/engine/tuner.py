@@ -16,7 +16,7 @@ from raytune_suite.engine import phases, registry
 from raytune_suite.engine.checkpoints import CheckpointRotation
 from raytune_suite.engine.logs import ProgressCsvLogger, ResultJsonLogger
 from raytune_suite.engine.outcomes import OutcomeCallback
-from raytune_suite.errors import SpecError, token_auth_error
+from raytune_suite.errors import SpecError, one_line, token_auth_error
 from raytune_suite.experiment import ExperimentSpec
 from raytune_suite.trainables import (BUILTIN, BUILTIN_MODULES, is_class_trainable,
                                       resolve_trainable)
@@ -263,7 +263,7 @@ def init_ray(address: Optional[str], log_to_driver: bool = True,
         # On a cluster the job's own runtime_env (if any) stays in charge.
         ray.init(address=address, logging_level=logging.WARNING, log_to_driver=log_to_driver)
     except ConnectionError as e:
-        raise SpecError("--address", f"no Ray cluster answered ({' '.join(str(e).split())[:160]}"
+        raise SpecError("--address", f"no Ray cluster answered ({one_line(e, 160)}"
                                      "); start one with `ray start --head`, or leave --address "
                                      "out for embedded Ray", address) from None
     except Exception as e:  # noqa: BLE001 - auth failures come as several types

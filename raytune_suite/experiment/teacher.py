@@ -25,7 +25,7 @@ from typing import Any, Optional
 
 import yaml
 
-from raytune_suite.errors import CheckpointError, SpecError
+from raytune_suite.errors import CheckpointError, SpecError, one_line
 
 FIELD = "config.distill_from"
 SPEC_FILE = "raytune_suite.yaml"  # the experiment file as run (engine.state.SPEC_FILE)
@@ -155,7 +155,7 @@ def check_teacher(ref: str, student: dict[str, Any], storage: str,
         teacher = ClassifierConfig.model_validate(state["config"])
     except (ValidationError, TypeError) as e:
         raise SpecError(FIELD, "must be a checkpoint of the classifier trainable (its config "
-                               f"does not validate: {' '.join(str(e).split())[:200]})",
+                               f"does not validate: {one_line(e, 200)})",
                         ref) from None
     expected = _data_of(data_spec(teacher))
     for model in list(searched_models) or [None]:

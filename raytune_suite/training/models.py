@@ -79,7 +79,7 @@ def build_resnet(arch: str, input_shape: tuple[int, int, int], num_classes: int,
     """
     import torchvision
 
-    from raytune_suite.errors import CheckpointError
+    from raytune_suite.errors import CheckpointError, one_line
 
     factory = {"resnet18": torchvision.models.resnet18,
                "resnet50": torchvision.models.resnet50}[arch]
@@ -92,9 +92,8 @@ def build_resnet(arch: str, input_shape: tuple[int, int, int], num_classes: int,
             raise CheckpointError(f"pretrained_weights {pretrained_weights}: no such file") \
                 from None
         except Exception as e:  # noqa: BLE001 - any failure means unusable weights
-            detail = " ".join(str(e).split())[:300]
             raise CheckpointError(f"pretrained_weights {pretrained_weights} do not fit "
-                                  f"{arch}: {detail}") from None
+                                  f"{arch}: {one_line(e)}") from None
     channels, height, width = input_shape
     if channels != 3:
         old = model.conv1
