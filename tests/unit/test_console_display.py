@@ -159,3 +159,33 @@ def test_live_display_renders_on_a_terminal():
     text = out.getvalue()
     assert "1/2 trials" in text and "best val_accuracy 0.9000 (a)" in text
     assert "trial a  completed" in text
+
+
+class Watched(SimpleNamespace):
+    """A trial whose results count the times they are read."""
+
+    reads = 0
+
+    @property
+    def last_result(self):
+        Watched.reads += 1
+        return {}
+
+
+def test_a_step_reads_no_results_of_trials_waiting_to_start():
+    # Ray hands every trial to every step: a search of many pending trials must not cost
+    # the driver a look at each of them per step (O(trials^2) over a search).
+    c, out, clock = console(num_samples=500)
+    waiting = [Watched(trial_id=f"t{i}", status="PENDING", error_file=None)
+               for i in range(500)]
+    c.on_step_begin(0, waiting)  # the first look may read them all (a resumed search)
+    Watched.reads = 0
+    for step in range(1, 50):
+        c.on_step_begin(step, waiting)
+        c.on_step_end(step, waiting)
+    assert Watched.reads == 0
+    assert c.counts()["pending"] == 500
+    # a trial that ends without ever starting (a time budget) is still seen and counted
+    waiting[0].status = "TERMINATED"
+    c.on_step_end(50, waiting)
+    assert c.counts()["done"] == 1 and Watched.reads == 1
