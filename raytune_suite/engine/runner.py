@@ -383,10 +383,12 @@ def _fit_and_finish(spec: ExperimentSpec, tuner, path: Path, state: dict,
             record_outcomes(path, settle(ray_trials, spec.max_t, spec.time_attr,
                                          budget=bool(spec.stop.time_budget_s)))
     offline = read_state(path).get("mlflow_offline")  # set by the callback if MLflow failed
+    runs: list = []  # the trial runs _close_mlflow found, labelled below without a refetch
     if parent and not offline:
         # Runs a stop left open: trials the time budget (or Ctrl-C) stopped get no end
         # from Ray's callbacks; after a restore, runs of trials that ended before the crash.
-        offline = _close_mlflow(uri, parent, trials, spec, "KILLED" if interrupted else None)
+        offline = _close_mlflow(uri, parent, trials, spec, "KILLED" if interrupted else None,
+                                found=runs)
     if interrupted:
         raise Interrupted(str(path))
     pbt = _finish_pbt(spec, ray_trials) if spec.scheduler.type == "pbt" else {}
@@ -397,7 +399,8 @@ def _fit_and_finish(spec: ExperimentSpec, tuner, path: Path, state: dict,
         from raytune_suite import tracking
 
         try:
-            tracking.finish_search_run(uri, parent, outcome.best_record(), outcome=outcome)
+            tracking.finish_search_run(uri, parent, outcome.best_record(), outcome=outcome,
+                                       runs=runs)
         except Exception as e:  # noqa: BLE001 - the search itself succeeded
             outcome.mlflow_offline = tracking.short_reason(e)
     return outcome
@@ -434,15 +437,19 @@ class _StopSignal(logging.Handler):
 
 
 def _close_mlflow(uri: str, parent: str, trials: dict, spec: ExperimentSpec,
-                  status: Optional[str]) -> Optional[str]:
+                  status: Optional[str], found: Optional[list] = None) -> Optional[str]:
     """End the runs a stopped search leaves RUNNING in MLflow: trials Ray finished whose
     end never reached MLflow (the driver was killed in between) are closed as Ray ended
     them; unfinished ones (and the search run) get ``status`` (KILLED when interrupted).
-    Returns why MLflow could not be reached, or None."""
+    ``found`` receives the trial runs it fetched. Returns why MLflow could not be
+    reached, or None."""
     from raytune_suite import tracking
 
     try:
-        tracking.close_open_runs(uri, parent, trials, spec.max_t, status, spec.time_attr)
+        runs = tracking.close_open_runs(uri, parent, trials, spec.max_t, status,
+                                        spec.time_attr)
+        if found is not None:
+            found[:] = runs
         if status:
             tracking.finish_search_run(uri, parent, None, status=status)
     except Exception as e:  # noqa: BLE001 - never hide the search's own outcome

@@ -44,7 +44,7 @@ def discard_search(uri: str, parent_run_id: str) -> None:
 
 
 def close_open_runs(uri: str, parent_run_id: str, trials: dict, max_t: Optional[int],
-                    status: Optional[str], time_attr: str = "training_iteration") -> None:
+                    status: Optional[str], time_attr: str = "training_iteration") -> list:
     """Make the search's trial runs agree with Ray's trials after a stop or a crash.
 
     - a run still RUNNING whose trial Ray finished (the driver died before its end
@@ -59,20 +59,28 @@ def close_open_runs(uri: str, parent_run_id: str, trials: dict, max_t: Optional[
         trials: Ray trial id -> Ray ``Trial`` (status, last_result, error_file) for every
             trial of the experiment; empty when Ray's trials are unknown (the search
             itself failed), and then no run is taken for lost.
+
+    Returns the search's trial runs as found (those taken for lost left out), for
+    :func:`~raytune_suite.tracking._search.finish_search_run` to label without fetching
+    them again (a fetch reads every run's params, metrics and tags).
     """
     client = mlflow_client(uri)
+    kept = []
     for run in child_runs(client, parent_run_id):
         trial = trials.get(run.data.tags.get(TRIAL_ID_TAG))
         if trial is None and trials:
             client.set_tag(run.info.run_id, OUTCOME_TAG, "lost")
             client.delete_run(run.info.run_id)
-        elif run.info.status != "RUNNING":
             continue
-        elif trial is not None and trial.status in ("TERMINATED", "ERROR"):
+        kept.append(run)
+        if run.info.status != "RUNNING":
+            continue
+        if trial is not None and trial.status in ("TERMINATED", "ERROR"):
             close_trial_run(client, run.info.run_id, trial.last_result, trial.status == "ERROR",
                             max_t, trial.error_file, time_attr)
         elif status:
             client.set_terminated(run.info.run_id, status=status)
+    return kept
 
 
 def end_tags(last_result: Optional[dict], failed: bool, max_t: Optional[int],

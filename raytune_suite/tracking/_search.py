@@ -78,12 +78,15 @@ def reopen_run(uri: str, run_id: str, num_samples: Optional[int] = None,
 
 
 def finish_search_run(uri: str, run_id: str, best: Optional[dict[str, Any]],
-                      status: str = "FINISHED", outcome=None) -> None:
+                      status: str = "FINISHED", outcome=None,
+                      runs: Optional[list] = None) -> None:
     """Record the best trial on the parent run and close it.
 
     Args:
         outcome: the search's ``engine.runner.Outcome``; when given, the leaderboard is
             recorded too (:func:`record_leaderboard`).
+        runs: the search's trial runs as just fetched (``close_open_runs`` returns
+            them), if at hand; else the leaderboard fetches them.
     """
     client = mlflow_client(uri)
     if best:
@@ -97,13 +100,13 @@ def finish_search_run(uri: str, run_id: str, best: Optional[dict[str, Any]],
     if outcome is not None:
         record_leaderboard(client, run_id, outcome.trials, outcome.spec.metric,
                            outcome.spec.mode, outcome.path,
-                           pareto={t.trial_id for t in outcome.pareto})
+                           pareto={t.trial_id for t in outcome.pareto}, runs=runs)
     client.set_terminated(run_id, status=status)
 
 
 def record_leaderboard(client, parent_run_id: str, trials: list, metric_name: str,
                        mode: str, experiment_path: str = "",
-                       pareto: Optional[set[str]] = None) -> None:
+                       pareto: Optional[set[str]] = None, runs: Optional[list] = None) -> None:
     """Label the trial runs as the leaderboard ranks them, and describe the search: every
     run gets the ``best_<metric>`` and ``epochs_trained`` the leaderboard shows (one
     request for each run that lacks them), the top :data:`RANKED` the ``rank`` tag, the
@@ -113,8 +116,11 @@ def record_leaderboard(client, parent_run_id: str, trials: list, metric_name: st
     Args:
         trials: ``engine.results.TrialSummary`` records, best first (``summarize``).
         pareto: trial ids on the Pareto front (several objectives), else None.
+        runs: the trial runs, if just fetched; else fetched here.
     """
-    runs = {r.data.tags.get(TRIAL_ID_TAG): r for r in child_runs(client, parent_run_id)}
+    if runs is None:
+        runs = child_runs(client, parent_run_id)
+    runs = {r.data.tags.get(TRIAL_ID_TAG): r for r in runs}
     exploits = read_exploits(experiment_path)
     width = len(str(len(trials)))
     names = {}
