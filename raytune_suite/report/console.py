@@ -318,7 +318,13 @@ def _is_terminal(stream) -> bool:
 
 
 def _last_result(trial) -> dict:
-    return getattr(trial, "last_result", None) or {}
+    """The trial's last reported result, as Ray's run metadata holds it. Ray's own
+    ``Trial.last_result`` asks a trial that has not reported yet for its default
+    metrics: a call to its actor, waited on, at every step that looks (1 to 2 ms each)."""
+    result = getattr(getattr(trial, "run_metadata", None), "last_result", None)
+    if result is None:  # not a Ray trial (a stand-in)
+        result = getattr(trial, "last_result", None)
+    return result or {}
 
 
 def _outcome_of(last: dict, default: str = "completed") -> str:
