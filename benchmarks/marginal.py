@@ -13,7 +13,11 @@ Every run is a whole process, started as a user starts it, on trials that do no 
 Each side runs N = 16 and N = 64 trials; the marginal cost of a trial is
 (wall(64) - wall(16)) / 48: what one more trial costs once the fixed costs (imports,
 ``ray.init``, the end-of-run report) are paid. Rounds alternate which side goes first;
-figures are medians over rounds. After the timing, every suite run's MLflow experiment
+figures are medians over rounds. The same difference is also taken of the CPU time the
+whole machine spent during each run (every process: the driver, Ray's, the workers, the
+MLflow writer; ``/proc/stat``, so nothing else should run meanwhile). On 2 cores a
+process's wall time swings by seconds from run to run, far more than 48 trials of no
+work add; the CPU a run costs swings much less. After the timing, every suite run's MLflow experiment
 is checked: one finished run per trial, each with R values of the metric.
 
 Aim (issue 13): the suite's marginal cost at most 1.05x raw Ray Tune's.
@@ -25,6 +29,7 @@ Aim (issue 13): the suite's marginal cost at most 1.05x raw Ray Tune's.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import statistics
 import subprocess
@@ -41,7 +46,10 @@ import _common  # noqa: E402  (a sibling module: this file runs as a script)
 HEADING = "P1 marginal cost per trial (whole processes)"
 COLUMNS = ("date", "machine", "command", "setup", "wall (s): raw Ray Tune reuse",
            "wall (s): suite, MLflow on", "marginal ms per trial: raw, suite",
-           "suite / raw (aim <= 1.05x)", "MLflow runs")
+           "suite / raw (aim <= 1.05x)", "machine CPU s per run: raw; suite",
+           "marginal CPU ms per trial: raw, suite; suite / raw", "MLflow runs")
+TABLE_NOTE = ("From 2026-11-30 on, each run's CPU time too: what the whole machine spent "
+              "during the run (all processes), and the marginal CPU cost per trial from it.")
 HERE = Path(__file__).resolve().parent
 RAW, SUITE = "raw Ray Tune, reuse_actors=True", "suite, MLflow on (SQLite)"
 
@@ -79,17 +87,34 @@ def env() -> dict:
                 RAY_ENABLE_UV_RUN_RUNTIME_ENV="0")
 
 
-def timed(cmd: list[str], cwd: str) -> float:
-    start = time.perf_counter()
+def machine_cpu_s() -> float:
+    """CPU seconds the whole machine has spent busy since boot (all cores, every
+    process: user, nice, system, interrupts), from ``/proc/stat``; NaN elsewhere."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+    except OSError:
+        return math.nan
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    busy = sum(fields[:8]) - idle  # guest time is counted in user already
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
+def timed(cmd: list[str], cwd: str) -> tuple[float, float]:
+    """(wall seconds, machine CPU seconds) of a whole process, start to exit."""
+    cpu, start = machine_cpu_s(), time.perf_counter()
     proc = subprocess.run(cmd, cwd=cwd, env=env(), stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True)
     seconds = time.perf_counter() - start
+    time.sleep(1.0)  # Ray's processes end just after the driver; count their last CPU
+    cpu = machine_cpu_s() - cpu
     if proc.returncode != 0:
         raise RuntimeError(f"{cmd} exited {proc.returncode}:\n{proc.stdout[-3000:]}")
-    return seconds
+    return seconds, cpu
 
 
-def run_side(side: str, n: int, reports: int, tmp: str, uri: str, tag: str) -> float:
+def run_side(side: str, n: int, reports: int, tmp: str, uri: str,
+             tag: str) -> tuple[float, float]:
     name = f"m-{'raw' if side == RAW else 'suite'}-{n}-{tag}"
     if side == RAW:
         script = Path(tmp, "raw_side.py")
@@ -138,6 +163,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     where = _common.machine("cpu")
     started = time.perf_counter()
     walls: dict[tuple[str, int], list[float]] = {}
+    cpus: dict[tuple[str, int], list[float]] = {}
     suite_runs: list[tuple[str, int]] = []
     with tempfile.TemporaryDirectory(prefix="p1-marginal-") as tmp:
         uri = f"sqlite:///{tmp}/mlflow.db"
@@ -146,11 +172,13 @@ def main(argv: Optional[list[str]] = None) -> int:
             sides = [RAW, SUITE] if r % 2 == 0 else [SUITE, RAW]
             for n in (args.small, args.large):
                 for side in sides:
-                    seconds = run_side(side, n, args.reports, tmp, uri, f"r{r}")
+                    seconds, cpu = run_side(side, n, args.reports, tmp, uri, f"r{r}")
                     walls.setdefault((side, n), []).append(seconds)
+                    cpus.setdefault((side, n), []).append(cpu)
                     if side == SUITE:
                         suite_runs.append((f"m-suite-{n}-r{r}", n))
-                    print(f"round {r + 1}: {side}, {n} trials: {seconds:.2f} s", flush=True)
+                    print(f"round {r + 1}: {side}, {n} trials: {seconds:.2f} s, machine CPU "
+                          f"{cpu:.1f} s", flush=True)
         problems = check_mlflow(uri, suite_runs, args.reports)
     extra = args.large - args.small
     median = {k: statistics.median(v) for k, v in walls.items()}
@@ -161,12 +189,20 @@ def main(argv: Optional[list[str]] = None) -> int:
             problems.append(f"{side}: the marginal cost came out {marginal[side]:.0f} ms; "
                             "the machine was too busy to tell")
     ratio = marginal[SUITE] / marginal[RAW] if min(marginal.values()) > 0 else float("nan")
+    cpu_median = {k: statistics.median(v) for k, v in cpus.items()}
+    cpu_marginal = {side: (cpu_median[side, args.large] - cpu_median[side, args.small])
+                    / extra * 1000 for side in (RAW, SUITE)}
+    cpu_ratio = (cpu_marginal[SUITE] / cpu_marginal[RAW] if min(cpu_marginal.values()) > 0
+                 else float("nan"))
     for side in (RAW, SUITE):
         print(f"{side}: {args.small} trials {median[side, args.small]:.2f} s, {args.large} "
               f"trials {median[side, args.large]:.2f} s; marginal {marginal[side]:.0f} ms "
+              f"per trial; machine CPU {cpu_median[side, args.small]:.1f} and "
+              f"{cpu_median[side, args.large]:.1f} s, marginal {cpu_marginal[side]:.0f} ms "
               "per trial")
     verdict = f"{ratio:.2f}x ({_common.verdict(ratio <= 1.05)}: <= 1.05x)"
     print(f"suite / raw, marginal cost per trial: {verdict}")
+    print(f"suite / raw, marginal machine CPU per trial: {cpu_ratio:.2f}x")
     mlflow_text = (f"{len(suite_runs)} suite runs: every trial one finished run with "
                    f"{args.reports} values of the metric" if not problems
                    else "; ".join(problems[:5]))
@@ -174,8 +210,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     if not _common.report_end(started, problems, args.smoke):
         return 1 if problems else 0
 
-    def walls_text(side: str) -> str:
-        return "; ".join(f"{n} trials: " + ", ".join(f"{s:.1f}" for s in walls[side, n])
+    def walls_text(side: str, figures: dict = walls) -> str:
+        return "; ".join(f"{n} trials: " + ", ".join(f"{s:.1f}" for s in figures[side, n])
                          for n in (args.small, args.large))
 
     cells = [_common.utc_now(), where, f"`{_common.command()}`",
@@ -183,8 +219,11 @@ def main(argv: Optional[list[str]] = None) -> int:
              f"each, {os.cpu_count()} CPUs; whole processes, {args.rounds} rounds; MLflow "
              f"store created first ({store:.1f} s, untimed)",
              walls_text(RAW), walls_text(SUITE),
-             f"{marginal[RAW]:.0f}, {marginal[SUITE]:.0f}", verdict, mlflow_text]
-    _common.record(HEADING, COLUMNS, cells)
+             f"{marginal[RAW]:.0f}, {marginal[SUITE]:.0f}", verdict,
+             f"raw: {walls_text(RAW, cpus)}; suite: {walls_text(SUITE, cpus)}",
+             f"{cpu_marginal[RAW]:.0f}, {cpu_marginal[SUITE]:.0f}; {cpu_ratio:.2f}x",
+             mlflow_text]
+    _common.record_to_table(HEADING, COLUMNS, cells, TABLE_NOTE)
     return 0
 
 
