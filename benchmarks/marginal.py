@@ -17,8 +17,9 @@ figures are medians over rounds. The same difference is also taken of the CPU ti
 whole machine spent during each run (every process: the driver, Ray's, the workers, the
 MLflow writer; ``/proc/stat``, so nothing else should run meanwhile). On 2 cores a
 process's wall time swings by seconds from run to run, far more than 48 trials of no
-work add; the CPU a run costs swings much less. After the timing, every suite run's MLflow experiment
-is checked: one finished run per trial, each with R values of the metric.
+work add; the CPU a run costs swings much less. After the timing, every suite run's
+MLflow experiment is checked: one finished run per trial, each with R values of the
+metric.
 
 Aim (issue 13): the suite's marginal cost at most 1.05x raw Ray Tune's.
 
@@ -180,18 +181,19 @@ def main(argv: Optional[list[str]] = None) -> int:
                     print(f"round {r + 1}: {side}, {n} trials: {seconds:.2f} s, machine CPU "
                           f"{cpu:.1f} s", flush=True)
         problems = check_mlflow(uri, suite_runs, args.reports)
-    extra = args.large - args.small
-    median = {k: statistics.median(v) for k, v in walls.items()}
-    marginal = {side: (median[side, args.large] - median[side, args.small]) / extra * 1000
-                for side in (RAW, SUITE)}
+    def per_trial(figures: dict) -> tuple[dict, dict]:
+        """Medians over rounds by (side, trials), and each side's marginal ms per trial."""
+        median = {k: statistics.median(v) for k, v in figures.items()}
+        return median, {side: (median[side, args.large] - median[side, args.small])
+                        / (args.large - args.small) * 1000 for side in (RAW, SUITE)}
+
+    median, marginal = per_trial(walls)
+    cpu_median, cpu_marginal = per_trial(cpus)
     for side in (RAW, SUITE):
         if marginal[side] <= 0:
             problems.append(f"{side}: the marginal cost came out {marginal[side]:.0f} ms; "
                             "the machine was too busy to tell")
     ratio = marginal[SUITE] / marginal[RAW] if min(marginal.values()) > 0 else float("nan")
-    cpu_median = {k: statistics.median(v) for k, v in cpus.items()}
-    cpu_marginal = {side: (cpu_median[side, args.large] - cpu_median[side, args.small])
-                    / extra * 1000 for side in (RAW, SUITE)}
     cpu_ratio = (cpu_marginal[SUITE] / cpu_marginal[RAW] if min(cpu_marginal.values()) > 0
                  else float("nan"))
     for side in (RAW, SUITE):

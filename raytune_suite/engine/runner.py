@@ -387,8 +387,8 @@ def _fit_and_finish(spec: ExperimentSpec, tuner, path: Path, state: dict,
     if parent and not offline:
         # Runs a stop left open: trials the time budget (or Ctrl-C) stopped get no end
         # from Ray's callbacks; after a restore, runs of trials that ended before the crash.
-        offline = _close_mlflow(uri, parent, trials, spec, "KILLED" if interrupted else None,
-                                found=runs)
+        offline, runs = _close_mlflow(uri, parent, trials, spec,
+                                      "KILLED" if interrupted else None)
     if interrupted:
         raise Interrupted(str(path))
     pbt = _finish_pbt(spec, ray_trials) if spec.scheduler.type == "pbt" else {}
@@ -437,26 +437,23 @@ class _StopSignal(logging.Handler):
 
 
 def _close_mlflow(uri: str, parent: str, trials: dict, spec: ExperimentSpec,
-                  status: Optional[str], found: Optional[list] = None) -> Optional[str]:
+                  status: Optional[str]) -> tuple[Optional[str], list]:
     """End the runs a stopped search leaves RUNNING in MLflow: trials Ray finished whose
     end never reached MLflow (the driver was killed in between) are closed as Ray ended
     them; unfinished ones (and the search run) get ``status`` (KILLED when interrupted).
-    ``found`` receives the trial runs it fetched. Returns why MLflow could not be
-    reached, or None."""
+    Returns (why MLflow could not be reached, or None; the trial runs it fetched)."""
     from raytune_suite import tracking
 
     try:
         runs = tracking.close_open_runs(uri, parent, trials, spec.max_t, status,
                                         spec.time_attr)
-        if found is not None:
-            found[:] = runs
         if status:
             tracking.finish_search_run(uri, parent, None, status=status)
     except Exception as e:  # noqa: BLE001 - never hide the search's own outcome
         logger.warning("MLflow runs could not be closed (%s); backfill them later with "
                        "raytune-suite mlflow-sync", tracking.short_reason(e))
-        return tracking.short_reason(e)
-    return None
+        return tracking.short_reason(e), []
+    return None, runs
 
 
 def load_results(ref: str):
