@@ -110,16 +110,17 @@ import raytune_suite  # noqa: E402,F401  (sets RAY_ENABLE_UV_RUN_RUNTIME_ENV=0 b
 
 HEADING = "P2 time to accuracy"
 COLUMNS = ("date", "machine", "command", "setup",
-           "time to target (s), median: hand grid, raw Ray Tune, Optuna, suite",
+           "time to target from launch (s), median: hand grid, raw Ray Tune, Optuna, suite",
            "hand grid / suite (aim >= 3x)", "suite / Optuna (aim <= 1x)",
            "best val_accuracy when the fastest side finished, per seed: grid / raw / Optuna / "
            "suite", "test accuracy of each side's best config, median: grid, raw, Optuna, suite",
-           "start-up (s), median: grid and suite (one runtime), raw, Optuna",
-           "whole searches (s), median: grid, raw, Optuna, suite")
-TABLE_NOTE = ("From issue 14 on: four sides (hand grid, raw Ray Tune, Optuna, suite) on the "
-              "practitioners' five hyperparameters (`experiments/digits_practitioner.yaml`), "
-              "start-up apart, test accuracy of each side's best config; the table above "
-              "compared the grid with the suite on lr x batch size.")
+           "first result from launch (start-up; s), median: grid, raw, Optuna, suite",
+           "launch to exit (s), median: grid, raw, Optuna, suite")
+TABLE_NOTE = ("From 2026-11-30 on: every side a process of its own, timed from its launch "
+              "(start-up included; the first result from launch reported apart), and the "
+              "grid's loops nested in the order the file writes them (lr outermost), as the "
+              "suite's grid searcher now runs them; the table above timed each search from "
+              "its start, start-up apart, with Ray Tune's nesting by name.")
 FILE = _common.REPO_ROOT / "experiments" / "digits_practitioner.yaml"
 METRIC = "val_accuracy"
 GRID, RAW, OPTUNA, SUITE = "hand grid", "raw Ray Tune", "Optuna", "suite"
@@ -172,16 +173,21 @@ class Timeline:
 
 @dataclasses.dataclass
 class Run:
-    """One side's search for one seed."""
+    """One side's search for one seed, in a process of its own, timed from its launch."""
 
     side: str
     seed: int
-    startup: float
-    seconds: float  # from the start of the search to its end
-    timeline: Timeline
+    seconds: float  # from the launch of its process to its exit
+    timeline: Timeline  # each result's seconds from the launch
     trials: int
     errors: int
     results_expected: Optional[int]  # None: a pruner decides
+
+    @property
+    def first(self) -> float:
+        """Seconds from the launch to the first result: the side's start-up (process,
+        imports, runtime, data, its first trials' start) and one epoch."""
+        return self.timeline.points[0].seconds if self.timeline.points else math.inf
 
 
 def load_file() -> dict:
@@ -218,26 +224,38 @@ def suite_file(side: str, seed: int, args: argparse.Namespace, storage: str, uri
 
 
 def run_suite_side(side: str, seed: int, args: argparse.Namespace, storage: str, uri: str,
-                   tag: str, startup: float) -> Run:
-    """The grid or the suite through the runner, its results watched as they arrive."""
-    from raytune_suite.engine.runner import run_experiment
+                   tag: str) -> Run:
+    """The grid or the suite as its user runs it: ``raytune-suite run FILE`` in a process
+    of its own (its own embedded Ray, MLflow on), its results read as its driver writes
+    them."""
     from raytune_suite.experiment import validate
 
     raw = suite_file(side, seed, args, storage, uri, tag)
-    spec = validate(raw)
+    folder = validate(copy.deepcopy(raw)).experiment_path
+    path = Path(storage, f"{raw['name']}.yaml")
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))  # the loops in the order written
+    cmd = [sys.executable, "-m", "raytune_suite.cli", "run", str(path)]
     print(f"\n=== {tag}: {side}", flush=True)
-    watcher = _common.ResultWatcher(raw["name"], folder=spec.experiment_path)
-    watcher.start()
-    try:
-        outcome = run_experiment(spec, raw)
-    finally:
-        seconds = time.monotonic() - watcher.t0
-        seen = watcher.stop()
+    watcher = _common.ResultWatcher("", folder=folder)
+    watcher.start()  # its clock starts here, with the launch
+    proc = subprocess.run(cmd, cwd=storage, env=_env(), stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, timeout=3600)
+    seconds = time.monotonic() - watcher.t0
+    seen = watcher.stop()
+    if proc.returncode != 0:
+        raise RuntimeError(f"{side} exited {proc.returncode}:\n{proc.stdout[-4000:]}")
     keys = searched(args.file) if side == SUITE else list(args.grid)
     points = [Point(r.seconds, r.trial, _common.metric_number(r.result.get(METRIC)),
                     {k: r.result.get("config", {}).get(k) for k in keys}) for r in seen]
-    return Run(side, seed, startup, seconds, Timeline(points), len(outcome.trials),
-               outcome.errors, sum(t.epochs for t in outcome.trials))
+    trials = len({p.trial for p in points})
+    errors = len(list(Path(folder).glob("*/error.txt")))
+    expected = trials * args.epochs if side == GRID else None
+    return Run(side, seed, seconds, Timeline(points), trials, errors, expected)
+
+
+def _env() -> dict:
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(
+        p for p in (str(_common.REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p))
 
 
 # --------------------------------------------------------------- the peers' processes
@@ -248,26 +266,20 @@ def run_peer(side: str, seed: int, args: argparse.Namespace, folder: str, tag: s
     name = f"p2-{PEERS[side]}-{tag}"
     cmd = [sys.executable, str(Path(__file__).resolve()), "--peer", PEERS[side],
            "--seed", str(seed), "--epochs", str(args.epochs), "--trials", str(args.trials),
-           "--storage", folder, "--name", name] + ([] if args.smoke else ["--warm-up"])
+           "--storage", folder, "--name", name]
     print(f"\n=== {tag}: {side}", flush=True)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        p for p in (str(_common.REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p))
-    launched = time.monotonic()
-    proc = subprocess.run(cmd, cwd=folder, env=env, stdout=subprocess.PIPE,
+    launched = time.monotonic()  # monotonic is the machine's clock: the peer's events share it
+    proc = subprocess.run(cmd, cwd=folder, env=_env(), stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True, timeout=3600)
     if proc.returncode != 0:
         raise RuntimeError(f"{side} exited {proc.returncode}:\n{proc.stdout[-4000:]}")
     events = [json.loads(line[len(EVENT):]) for line in proc.stdout.splitlines()
               if line.startswith(EVENT)]
-    at = {e["event"]: e for e in events if e["event"] != "result"}
-    start = at["start"]["t"]
-    points = [Point(e["t"] - start, str(e["trial"]), _common.metric_number(e["value"]), e["config"])
-              for e in events if e["event"] == "result"]
-    if "warm-up" in at:
-        print(f"{side}: untimed warm-up search {at['warm-up']['seconds']:.1f} s")
-    end = at["end"]
-    return Run(side, seed, at["ready"]["t"] - launched, end["t"] - start, Timeline(points),
-               end["trials"], end["errors"], args.trials * args.epochs if side == RAW else None)
+    points = [Point(e["t"] - launched, str(e["trial"]), _common.metric_number(e["value"]),
+                    e["config"]) for e in events if e["event"] == "result"]
+    end = next(e for e in events if e["event"] == "end")
+    return Run(side, seed, time.monotonic() - launched, Timeline(points), end["trials"],
+               end["errors"], args.trials * args.epochs if side == RAW else None)
 
 
 def _event_line(event: str, **fields) -> str:
@@ -337,12 +349,6 @@ def peer_raw_ray(args: argparse.Namespace) -> None:
             run_config=tune.RunConfig(name=name, storage_path=args.storage,
                                       callbacks=callbacks)).fit()
 
-    _emit("ready")
-    if args.warm_up:
-        t0 = time.monotonic()
-        search(f"{args.name}-warm-up", 2, 1, [])
-        _emit("warm-up", seconds=time.monotonic() - t0)
-    _emit("start")
     results = search(args.name, args.trials, args.epochs, [Events()])
     _emit("end", trials=len(results), errors=results.num_errors)
     ray.shutdown()
@@ -370,7 +376,7 @@ def peer_optuna(args: argparse.Namespace) -> None:
             return trial.suggest_categorical(key, values)
         return trial.suggest_float(key, *values, log=kind == "loguniform")
 
-    def objective(trial, epochs: int, watch: bool) -> float:
+    def objective(trial, epochs: int) -> float:
         params = {key: suggest(trial, key, *domain) for key, domain in space.items()}
         cfg = ClassifierConfig.from_trial({**base, **params, "epochs": epochs})
         with building:  # the initial weights come from the global RNG, as in a Ray trial
@@ -380,8 +386,7 @@ def peer_optuna(args: argparse.Namespace) -> None:
         while not trainer.finished:
             value = trainer.run_epoch()[METRIC]
             best = max(best, value)
-            if watch:
-                _emit("result", trial=trial.number, value=value, config=params)
+            _emit("result", trial=trial.number, value=value, config=params)
             trial.report(value, trainer.epoch)
             if trial.should_prune():
                 raise optuna.TrialPruned()
@@ -389,7 +394,7 @@ def peer_optuna(args: argparse.Namespace) -> None:
 
     asha = args.file["scheduler"]
 
-    def study(epochs: int, trials: int, watch: bool):
+    def study(epochs: int, trials: int):
         s = optuna.create_study(
             direction="maximize",
             sampler=optuna.samplers.TPESampler(
@@ -397,17 +402,11 @@ def peer_optuna(args: argparse.Namespace) -> None:
             pruner=optuna.pruners.SuccessiveHalvingPruner(
                 min_resource=min(asha["grace_period"], epochs),
                 reduction_factor=asha["reduction_factor"]))
-        s.optimize(lambda trial: objective(trial, epochs, watch), n_trials=trials,
+        s.optimize(lambda trial: objective(trial, epochs), n_trials=trials,
                    n_jobs=args.concurrency)
         return s
 
-    _emit("ready")
-    if args.warm_up:
-        t0 = time.monotonic()
-        study(1, 2, False)
-        _emit("warm-up", seconds=time.monotonic() - t0)
-    _emit("start")
-    done = study(args.epochs, args.trials, True)
+    done = study(args.epochs, args.trials)
     failed = sum(t.state == optuna.trial.TrialState.FAIL for t in done.trials)
     _emit("end", trials=len(done.trials), errors=failed)
 
@@ -489,25 +488,24 @@ def _ratio(numerator: float, denominator: float, met, aim: str) -> str:
 
 
 def print_run(run: Run, target: float) -> None:
-    points = run.timeline.points
     reached = run.timeline.trials_before(target)
-    print(f"=== {run.side}: search {run.seconds:.1f} s, start-up {run.startup:.1f} s; "
-          f"{run.trials} trials, {len(points)} results"
-          + (f", the first at {points[0].seconds:.1f} s" if points else "")
-          + f"; {METRIC} >= {target} at {_s(run.timeline.first_reaching(target))} s"
-          + (f" (trial {reached} of {run.trials})" if reached else ""), flush=True)
+    print(f"=== {run.side}: {run.trials} trials, {len(run.timeline.points)} results; from "
+          f"launch: first result {_s(run.first)} s, {METRIC} >= {target} at "
+          f"{_s(run.timeline.first_reaching(target))} s"
+          + (f" (trial {reached} of {run.trials})" if reached else "")
+          + f", exit {run.seconds:.1f} s", flush=True)
 
 
 def summarize(seeds: list[Seed], target: float, epochs: int) -> dict[str, str]:
     """Print per-seed figures and the aims; the row's figure cells."""
-    print(f"\n{'seed':<6}{'side':<14}{'start-up':>10}{'to target':>11}{'search':>9}"
+    print(f"\n{'seed':<6}{'side':<14}{'first':>8}{'to target':>11}{'exit':>8}"
           f"{'best':>8}{'at equal time':>15}{'test acc':>10}")
     for s in seeds:
         for side in SIDES:
             run = s.runs[side]
             best = run.timeline.best()
-            print(f"{s.seed:<6}{side:<14}{run.startup:>10.1f}"
-                  f"{_s(run.timeline.first_reaching(target)):>11}{run.seconds:>9.1f}"
+            print(f"{s.seed:<6}{side:<14}{_s(run.first):>8}"
+                  f"{_s(run.timeline.first_reaching(target)):>11}{run.seconds:>8.1f}"
                   f"{_acc(best and best.value):>8}"
                   f"{_acc(s.best_at_equal_time(side)):>9} ({s.equal_time:.0f} s)"
                   f"{_acc(s.test.get(side)):>10}")
@@ -538,7 +536,9 @@ def summarize(seeds: list[Seed], target: float, epochs: int) -> dict[str, str]:
     print("median test accuracy of each side's best configuration (trained again, "
           f"{epochs} epochs): "
           + "; ".join(f"{side} {_acc(test[side])}" for side in SIDES))
-    startup = {side: median_of(side, lambda r: r.startup) for side in SIDES}
+    first = {side: median_of(side, lambda r: r.first) for side in SIDES}
+    print("median first result from launch (s): "
+          + "; ".join(f"{side} {_s(first[side])}" for side in SIDES))
     whole = {side: median_of(side, lambda r: r.seconds) for side in SIDES}
     return {
         "ttt": ", ".join(_s(ttt[side]) for side in SIDES) + " (per seed: " + "; ".join(
@@ -549,7 +549,7 @@ def summarize(seeds: list[Seed], target: float, epochs: int) -> dict[str, str]:
         "equal": "; ".join(" / ".join(_acc(s.best_at_equal_time(side)) for side in SIDES)
                            + f" at {s.equal_time:.0f} s" for s in seeds) + f"; {equal_text}",
         "test": ", ".join(_acc(test[side]) for side in SIDES),
-        "startup": f"{startup[SUITE]:.1f}, {startup[RAW]:.1f}, {startup[OPTUNA]:.1f}",
+        "first": ", ".join(_s(first[side]) for side in SIDES),
         "whole": ", ".join(f"{whole[side]:.0f}" for side in SIDES),
     }
 
@@ -569,35 +569,29 @@ def problems_of(runs: list[Run], args: argparse.Namespace) -> list[str]:
     return problems
 
 
+def run_side(side: str, seed: int, args: argparse.Namespace, tmp: str, uri: str,
+             tag: str) -> Run:
+    return (run_peer(side, seed, args, tmp, tag) if side in PEERS else
+            run_suite_side(side, seed, args, tmp, uri, tag))
+
+
 def run_seeds(args: argparse.Namespace, tmp: str, uri: str) -> list[Seed]:
-    """Every side for every seed; the grid and the suite in one embedded runtime."""
-    import ray
-
-    from raytune_suite.engine.runner import init_ray
-    from raytune_suite.experiment import validate
-
-    t0 = time.monotonic()
-    init_ray(None, spec=validate(copy.deepcopy(args.file)))  # as `run` starts it for the file
-    startup = time.monotonic() - t0
-    print(f"the suite's runtime (grid and suite) started in {startup:.1f} s", flush=True)
+    """Every side for every seed, each in a process of its own, one after the other."""
+    if not args.smoke:
+        # Each side once at toy size, untimed: the machine's first start of a process
+        # reads its files from disk (torch, Ray), later ones from the page cache.
+        warm_up = argparse.Namespace(**{**vars(args), "epochs": 1, "trials": 2,
+                                        "grid": SMALL_GRID})
+        for side in SIDES:
+            run_side(side, 0, warm_up, tmp, uri, "warm-up")
     seeds = []
-    try:
-        if not args.smoke:
-            warm_up = argparse.Namespace(**{**vars(args), "epochs": 1, "trials": 2,
-                                            "grid": SMALL_GRID})
-            for side in (GRID, SUITE):
-                run_suite_side(side, 0, warm_up, tmp, uri, "warm-up", startup)
-        for i, seed in enumerate(args.seeds):
-            order = SIDES[i % len(SIDES):] + SIDES[:i % len(SIDES)]
-            runs = {}
-            for side in order:
-                tag = f"seed{seed}"
-                runs[side] = (run_peer(side, seed, args, tmp, tag) if side in PEERS else
-                              run_suite_side(side, seed, args, tmp, uri, tag, startup))
-                print_run(runs[side], args.target)
-            seeds.append(Seed(seed, runs))
-    finally:
-        ray.shutdown()
+    for i, seed in enumerate(args.seeds):
+        order = SIDES[i % len(SIDES):] + SIDES[:i % len(SIDES)]
+        runs = {}
+        for side in order:
+            runs[side] = run_side(side, seed, args, tmp, uri, f"seed{seed}")
+            print_run(runs[side], args.target)
+        seeds.append(Seed(seed, runs))
     return seeds
 
 
@@ -632,7 +626,6 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     for hidden in ("--peer", "--storage", "--name"):  # a peer's own process
         p.add_argument(hidden, help=argparse.SUPPRESS)
     p.add_argument("--seed", type=int, help=argparse.SUPPRESS)
-    p.add_argument("--warm-up", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     args.file = load_file()
     args.concurrency = args.file["search"]["max_concurrent"]
@@ -676,13 +669,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     cells = [_common.utc_now(), where, f"`{_common.command()}`",
              f"`experiments/{FILE.name}`: digits, CNN width 0.25, {args.epochs} epochs; target "
              f"{METRIC} {args.target}; grid {grid_trials} trials (lr, batch size, weight decay, "
-             f"dropout x 3, sgd/adam) FIFO; raw Ray Tune random + FIFO, {args.trials} trials; "
+             f"dropout x 3, sgd/adam; nested loops in that order, values ascending) FIFO; raw Ray Tune random + FIFO, {args.trials} trials; "
              f"Optuna TPE + successive halving, {args.trials} trials; suite HyperOpt "
              f"{args.trials} trials + ASHA (grace {asha['grace_period']}, rf "
              f"{asha['reduction_factor']}); {args.concurrency} trials at a time, 1 CPU each; "
              f"MLflow on (SQLite) for grid and suite; seeds {' '.join(map(str, args.seeds))}",
              figures["ttt"], figures["grid"], figures["optuna"], figures["equal"],
-             figures["test"], figures["startup"], figures["whole"]]
+             figures["test"], figures["first"], figures["whole"]]
     _common.record_to_table(HEADING, COLUMNS, cells, TABLE_NOTE)
     return 0
 

@@ -63,8 +63,21 @@ def _optuna(spec: ExperimentSpec):
     return searcher
 
 
+def _grid(spec: ExperimentSpec):
+    """Every combination of the file's entries, in the order the file writes them (see
+    ``engine.grid``), ``num_samples`` times over."""
+    from ray.tune.search import ConcurrencyLimiter
+
+    from raytune_suite.engine.grid import WrittenOrderGrid
+
+    searcher = WrittenOrderGrid(spec.search_space.grid_points(), spec.search.num_samples)
+    if spec.search.max_concurrent:
+        searcher = ConcurrencyLimiter(searcher, max_concurrent=spec.search.max_concurrent)
+    return searcher
+
+
 SEARCHERS: dict[str, Callable[[ExperimentSpec], Any]] = {
-    "grid": _basic_variant,
+    "grid": _grid,
     "random": _basic_variant,
     "hyperopt": _hyperopt,
     "optuna": _optuna,
@@ -119,6 +132,17 @@ SCHEDULERS: dict[str, Callable[[ExperimentSpec], Any]] = {
 }
 
 
+def tune_num_samples(spec: ExperimentSpec) -> int:
+    """``TuneConfig.num_samples``: with the grid searcher every trial is a sample (Ray
+    multiplies its own ``grid_search`` entries by ``num_samples``; this grid's searcher
+    suggests each combination itself)."""
+    if spec.search.algorithm == "grid":
+        from raytune_suite.engine._epochs import count_trials
+
+        return count_trials(spec)
+    return spec.search.num_samples
+
+
 def make_searcher(spec: ExperimentSpec):
     """The search algorithm named by ``search.algorithm``."""
     return SEARCHERS[spec.search.algorithm](spec)
@@ -147,9 +171,9 @@ def param_space(spec: ExperimentSpec) -> dict[str, Any]:
     multi-objective searcher holds the searched entries itself: see ``_optuna``)."""
     if spec.objectives:
         return dict(spec.config)
-    searched = (spec.search_space.to_grid() if spec.search.algorithm == "grid"
-                else spec.search_space.to_tune())
-    return _merge(dict(spec.config), searched)
+    if spec.search.algorithm == "grid":
+        return dict(spec.config)  # the grid searcher suggests every searched entry itself
+    return _merge(dict(spec.config), spec.search_space.to_tune())
 
 
 def _merge(base: dict, over: dict) -> dict:

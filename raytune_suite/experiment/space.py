@@ -112,19 +112,34 @@ class SearchSpace:
         return {k: v.to_tune() if isinstance(v, SearchSpace) else _domain_to_tune(v)
                 for k, v in self.entries}
 
-    def to_grid(self) -> dict[str, Any]:
-        """Like :meth:`to_tune`, with every ``choice`` enumerated as a grid."""
-        out = {}
-        for k, v in self.entries:
-            if isinstance(v, SearchSpace):
-                out[k] = v.to_grid()
-            elif v.kind == "choice":
-                from ray import tune
+    def grid_points(self) -> list[dict[str, Any]]:
+        """Every combination of the ``grid``/``choice`` entries, as nested loops in the
+        order the file writes them: the first entry is the outermost loop, the last varies
+        fastest, and each entry's values come in the order written (``itertools.product``).
 
-                out[k] = tune.grid_search([_constant(o) for o in v.args])
-            else:
-                out[k] = _domain_to_tune(v)
-        return out
+        Ray Tune's own ``grid_search`` nests by name instead (the name first in
+        alphabetical order varies fastest), whatever order the file writes.
+        """
+        import itertools
+
+        def walk(space: SearchSpace, keys: tuple) -> Iterator[tuple[tuple, Domain]]:
+            for key, value in space.entries:
+                if isinstance(value, SearchSpace):
+                    yield from walk(value, keys + (key,))
+                else:
+                    yield keys + (key,), value
+
+        leaves = list(walk(self, ()))
+        points = []
+        for values in itertools.product(*([_constant(o) for o in d.args] for _, d in leaves)):
+            point: dict[str, Any] = {}
+            for (keys, _), value in zip(leaves, values):
+                node = point
+                for parent in keys[:-1]:
+                    node = node.setdefault(parent, {})
+                node[keys[-1]] = value
+            points.append(point)
+        return points
 
     def clip(self, config: dict[str, Any]) -> dict[str, Any]:
         """Bring PBT-perturbed values back inside their domains (in place; returned).

@@ -77,17 +77,22 @@ def test_overhead_compares_ray_defaults_reuse_and_the_suite(smoke_runs):
 def test_time_to_accuracy_runs_every_peer(smoke_runs):
     out = smoke("time_to_accuracy.py", smoke_runs)
     for side in ("hand grid", "raw Ray Tune", "Optuna", "suite"):
-        # 2 trials x 2 epochs a side: each side searched and its results were counted
-        found = re.search(rf"^=== {re.escape(side)}: search [\d.]+ s, start-up [\d.]+ s; "
-                          r"2 trials, (\d+) results, the first at [\d.]+ s", out, re.M)
+        # 2 trials x 2 epochs a side, each side a process timed from its launch: each
+        # searched, its results were counted, its first result came before its exit
+        found = re.search(rf"^=== {re.escape(side)}: 2 trials, (\d+) results; from launch: "
+                          r"first result ([\d.]+) s, val_accuracy >= 0\.975 at \S+ s.*, "
+                          r"exit ([\d.]+) s$", out, re.M)
         assert found, (side, out[-3000:])
         assert int(found.group(1)) == 4, (side, found.group(0))
+        assert 0 < float(found.group(2)) < float(found.group(3)), found.group(0)
     assert re.search(r"^median time to val_accuracy >= 0\.975 \(s\): hand grid \S+; "
                      r"raw Ray Tune \S+; Optuna \S+; suite \S+$", out, re.M), out[-3000:]
     assert re.search(r"^hand grid / suite: .*\(aim (NOT )?met: >= 3x\)$", out, re.M)
     assert re.search(r"^suite / Optuna: .*\(aim (NOT )?met: <= 1x\)$", out, re.M)
     assert re.search(r"^suite (never worse at equal wall-clock than hand grid, raw Ray Tune, "
                      r"Optuna in 1 seed|worse at equal wall-clock in seed\(s\) 0 )", out, re.M)
+    assert re.search(r"^median first result from launch \(s\): hand grid [\d.]+; raw Ray Tune "
+                     r"[\d.]+; Optuna [\d.]+; suite [\d.]+$", out, re.M)
     # each side's best configuration trained again and scored on the test split
     assert re.search(r"^median test accuracy .*: hand grid [\d.]+; raw Ray Tune [\d.]+; "
                      r"Optuna [\d.]+; suite [\d.]+$", out, re.M)

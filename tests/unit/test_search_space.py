@@ -4,7 +4,7 @@ import random
 
 import pytest
 from ray import tune
-from ray.tune.search import ConcurrencyLimiter
+from ray.tune.search import ConcurrencyLimiter, Searcher
 from ray.tune.search.hyperopt import HyperOptSearch
 from ray.tune.search.sample import Categorical, Float, Integer
 
@@ -66,15 +66,46 @@ def test_conditional_space_converts_to_hyperopt_and_samples_branches():
     assert names == {"sgd", "adam"}
 
 
-def test_grid_searcher_enumerates_choices():
-    spec = validate({"name": "g", "trainable": "classifier", "config": {"dataset": "iris"},
-                     "metric": "val_accuracy", "mode": "max", "search": {"algorithm": "grid"},
-                     "search_space": {"lr": {"grid": [1e-4, 1e-3, 1e-2]},
-                                      "batch_size": {"choice": [32, 64, 128]}}})
+def _grid_spec(search_space: dict, **search) -> object:
+    return validate({"name": "g", "trainable": "classifier", "config": {"dataset": "iris"},
+                     "metric": "val_accuracy", "mode": "max",
+                     "search": {"algorithm": "grid", **search}, "search_space": search_space})
+
+
+def _suggestions(searcher) -> list:
+    out = []
+    while (point := searcher.suggest(f"t{len(out)}")) != Searcher.FINISHED:
+        out.append(point)
+    return out
+
+
+def test_grid_searcher_runs_the_loops_in_the_order_the_file_writes_them():
+    # lr written first: the outer loop, although Ray's grid_search would nest by name
+    # (batch_size fastest, then lr, then optimizer.momentum outermost)
+    spec = _grid_spec({"lr": {"grid": [1e-2, 1e-4]}, "batch_size": {"choice": [128, 32]},
+                       "optimizer": {"momentum": {"grid": [0.9, 0.5]}}}, num_samples=2)
     space = algorithms.param_space(spec)
-    assert space["lr"] == tune.grid_search([1e-4, 1e-3, 1e-2])
-    assert space["batch_size"] == tune.grid_search([32, 64, 128])
-    assert space["dataset"] == "iris"  # fixed config merged under the searched values
+    assert space["dataset"] == "iris" and "lr" not in space  # the searcher suggests those
+    assert algorithms.tune_num_samples(spec) == 16
+    points = _suggestions(algorithms.make_searcher(spec))
+    assert points[:4] == [{"lr": 1e-2, "batch_size": 128, "optimizer": {"momentum": 0.9}},
+                          {"lr": 1e-2, "batch_size": 128, "optimizer": {"momentum": 0.5}},
+                          {"lr": 1e-2, "batch_size": 32, "optimizer": {"momentum": 0.9}},
+                          {"lr": 1e-2, "batch_size": 32, "optimizer": {"momentum": 0.5}}]
+    assert points[4]["lr"] == 1e-4 and len(points) == 16 and points[8:] == points[:8]
+
+
+def test_grid_searcher_resumes_where_it_stopped(tmp_path):
+    from raytune_suite.engine.grid import WrittenOrderGrid
+
+    spec = _grid_spec({"lr": {"grid": [1, 2, 3]}, "batch_size": {"grid": [8, 16]}})
+    first = WrittenOrderGrid(spec.search_space.grid_points())
+    seen = [first.suggest("a"), first.suggest("b")]
+    first.save(str(tmp_path / "grid.pkl"))
+    again = WrittenOrderGrid([])
+    again.restore(str(tmp_path / "grid.pkl"))
+    rest = _suggestions(again)
+    assert seen + rest == spec.search_space.grid_points() and len(rest) == 4
 
 
 def test_pbt_mutations_derived_from_same_entries():
