@@ -69,6 +69,27 @@ def test_iris_grid_runs_every_combination(ray_local, in_tmp):
     assert outcome.best.config["lr"] == 1e-2  # 8 epochs: only the largest lr gets there
 
 
+def test_grid_runs_the_loops_in_the_order_the_file_writes_them(ray_local, in_tmp):
+    """batch_size written first: the outer loop, lr the inner one (Ray Tune's own
+    grid_search nests by name and would vary batch_size fastest)."""
+    spec = validate({
+        "name": "grid-order", "trainable": "classifier",
+        "config": {"dataset": "iris", "model": "mlp", "hidden": 8, "epochs": 1},
+        "search_space": {"batch_size": {"grid": [64, 32]}, "lr": {"grid": [1e-2, 1e-3, 1e-4]}},
+        "metric": "val_accuracy", "mode": "max",
+        "search": {"algorithm": "grid", "max_concurrent": 1},
+        "tracking": {"mlflow": {"enabled": False}},
+    })
+    from ray.tune import ExperimentAnalysis
+
+    outcome = run_experiment(spec, {"name": "grid-order"})
+    assert outcome.errors == 0 and len(outcome.trials) == 6
+    created = sorted(ExperimentAnalysis(outcome.path).trials,
+                     key=lambda t: int(t.experiment_tag.split("_")[0]))  # Ray's trial counter
+    assert [(t.config["batch_size"], t.config["lr"]) for t in created] == [
+        (bs, lr) for bs in (64, 32) for lr in (1e-2, 1e-3, 1e-4)]
+
+
 def test_reused_actor_leaks_nothing_between_trials(ray_local, in_tmp):
     """Three trials run one after another on one reused actor: seeds 0, 1, 0.
 
