@@ -63,9 +63,19 @@ def _optuna(spec: ExperimentSpec):
     return searcher
 
 
+def written_order_grid(spec: ExperimentSpec) -> bool:
+    """The grid searcher hands Ray Tune the combinations in the file's order (see
+    ``engine.grid``), except under PBT: Ray's PBT refuses any searcher but its own
+    variant generator, so there the grid is Ray's ``grid_search`` (nested by name; PBT
+    starts the population together when the resources allow)."""
+    return spec.search.algorithm == "grid" and spec.scheduler.type != "pbt"
+
+
 def _grid(spec: ExperimentSpec):
     """Every combination of the file's entries, in the order the file writes them (see
     ``engine.grid``), ``num_samples`` times over."""
+    if not written_order_grid(spec):
+        return _basic_variant(spec)
     from ray.tune.search import ConcurrencyLimiter
 
     from raytune_suite.engine.grid import WrittenOrderGrid
@@ -136,7 +146,7 @@ def tune_num_samples(spec: ExperimentSpec) -> int:
     """``TuneConfig.num_samples``: with the grid searcher every trial is a sample (Ray
     multiplies its own ``grid_search`` entries by ``num_samples``; this grid's searcher
     suggests each combination itself)."""
-    if spec.search.algorithm == "grid":
+    if written_order_grid(spec):
         from raytune_suite.engine._epochs import count_trials
 
         return count_trials(spec)
@@ -171,9 +181,11 @@ def param_space(spec: ExperimentSpec) -> dict[str, Any]:
     multi-objective searcher holds the searched entries itself: see ``_optuna``)."""
     if spec.objectives:
         return dict(spec.config)
-    if spec.search.algorithm == "grid":
+    if written_order_grid(spec):
         return dict(spec.config)  # the grid searcher suggests every searched entry itself
-    return _merge(dict(spec.config), spec.search_space.to_tune())
+    searched = (spec.search_space.to_grid() if spec.search.algorithm == "grid"
+                else spec.search_space.to_tune())
+    return _merge(dict(spec.config), searched)
 
 
 def _merge(base: dict, over: dict) -> dict:

@@ -112,6 +112,21 @@ class SearchSpace:
         return {k: v.to_tune() if isinstance(v, SearchSpace) else _domain_to_tune(v)
                 for k, v in self.entries}
 
+    def to_grid(self) -> dict[str, Any]:
+        """Like :meth:`to_tune`, with every ``choice`` enumerated as Ray Tune's
+        ``grid_search`` (which nests by name; see :meth:`grid_points`)."""
+        out = {}
+        for k, v in self.entries:
+            if isinstance(v, SearchSpace):
+                out[k] = v.to_grid()
+            elif v.kind == "choice":
+                from ray import tune
+
+                out[k] = tune.grid_search([_constant(o) for o in v.args])
+            else:
+                out[k] = _domain_to_tune(v)
+        return out
+
     def grid_points(self) -> list[dict[str, Any]]:
         """Every combination of the ``grid``/``choice`` entries, as nested loops in the
         order the file writes them: the first entry is the outermost loop, the last varies

@@ -95,6 +95,24 @@ def test_grid_searcher_runs_the_loops_in_the_order_the_file_writes_them():
     assert points[4]["lr"] == 1e-4 and len(points) == 16 and points[8:] == points[:8]
 
 
+def test_grid_under_pbt_is_rays_own_grid_search():
+    # Ray's PBT refuses any searcher but its variant generator: the population is Ray's
+    # grid_search there (nested by name), still every combination
+    spec = validate({"name": "g", "trainable": "classifier", "config": {"dataset": "iris",
+                                                                        "epochs": 4},
+                     "metric": "val_accuracy", "mode": "max", "search": {"algorithm": "grid"},
+                     "search_space": {"lr": {"grid": [1e-3, 1e-2]},
+                                      "batch_size": {"choice": [32, 64]}},
+                     "scheduler": {"type": "pbt", "perturbation_interval": 1, "max_t": 4},
+                     "checkpoint": {"every": 1}})
+    assert type(algorithms.make_searcher(spec)).__name__ == "BasicVariantGenerator"
+    space = algorithms.param_space(spec)
+    assert space["lr"] == tune.grid_search([1e-3, 1e-2])
+    assert space["batch_size"] == tune.grid_search([32, 64])
+    assert algorithms.tune_num_samples(spec) == 1  # Ray multiplies its grid by num_samples
+    algorithms.check(spec)
+
+
 def test_grid_searcher_resumes_where_it_stopped(tmp_path):
     from raytune_suite.engine.grid import WrittenOrderGrid
 

@@ -79,7 +79,9 @@ def test_validated_domain_builds_for_every_searcher(kind):
 def test_grid_search_is_an_alias_of_grid():
     s = spec(search_space={"x": {"grid_search": [1, 2, 3]}}, search={"algorithm": "grid"})
     assert dict(s.search_space.entries)["x"].kind == "grid"
-    assert registry.param_space(s)["x"] == {"grid_search": [1, 2, 3]}
+    assert s.search_space.grid_points() == [{"x": 1}, {"x": 2}, {"x": 3}]
+    crossed = spec(search_space={"x": {"grid_search": [1, 2, 3]}}, search={"algorithm": "random"})
+    assert registry.param_space(crossed)["x"] == {"grid_search": [1, 2, 3]}
 
 
 @pytest.mark.parametrize("kind, value", [
