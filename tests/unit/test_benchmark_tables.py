@@ -75,3 +75,14 @@ def test_the_hand_grid_spans_the_files_box():
             assert kind in ("loguniform", "uniform"), key
             assert (min(grid[key]), max(grid[key])) == tuple(values), key
             assert len(grid[key]) == 3, key
+
+
+def test_the_easy_case_searches_lr_and_batch_size_over_the_grids_box():
+    file = time_to_accuracy.easy_file(yaml.safe_load(time_to_accuracy.FILE.read_text()))
+    grid = time_to_accuracy.EASY_GRID
+    assert list(file["search_space"]) == list(grid) == ["lr", "batch_size"]
+    assert tuple(file["search_space"]["lr"]["loguniform"]) == (min(grid["lr"]), max(grid["lr"]))
+    assert file["search_space"]["batch_size"]["choice"] == grid["batch_size"]
+    assert file["config"]["optimizer"] == "sgd" and file["scheduler"]["max_t"] == 30
+    args = time_to_accuracy.parse_args(["--case", "easy", "--smoke"])
+    assert args.target == 0.97 and args.grid == {"lr": [1e-3, 1e-2], "batch_size": [32]}
