@@ -93,12 +93,16 @@ class SearchSpace:
 
     def leaves(self, prefix: str = "") -> Iterator[tuple[str, Domain]]:
         """Yield (dotted path, Domain) for every searched entry (not inside branches)."""
+        for keys, domain in self.keyed_leaves():
+            yield prefix + ".".join(keys), domain
+
+    def keyed_leaves(self, keys: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], Domain]]:
+        """Like :meth:`leaves`, each path as its tuple of keys (a key may hold a dot)."""
         for key, value in self.entries:
-            path = f"{prefix}{key}"
             if isinstance(value, SearchSpace):
-                yield from value.leaves(path + ".")
+                yield from value.keyed_leaves(keys + (key,))
             else:
-                yield path, value
+                yield keys + (key,), value
 
     def all_domains(self, prefix: str = "") -> Iterator[tuple[str, Domain]]:
         """Like :meth:`leaves`, also descending into the branches of conditional choices
@@ -137,14 +141,7 @@ class SearchSpace:
         """
         import itertools
 
-        def walk(space: SearchSpace, keys: tuple) -> Iterator[tuple[tuple, Domain]]:
-            for key, value in space.entries:
-                if isinstance(value, SearchSpace):
-                    yield from walk(value, keys + (key,))
-                else:
-                    yield keys + (key,), value
-
-        leaves = list(walk(self, ()))
+        leaves = list(self.keyed_leaves())
         points = []
         for values in itertools.product(*([_constant(o) for o in d.args] for _, d in leaves)):
             point: dict[str, Any] = {}
