@@ -104,6 +104,14 @@ def add_repo_root_to_path() -> None:
         sys.path.insert(0, str(REPO_ROOT))
 
 
+def child_env() -> dict:
+    """The environment of a side a benchmark launches as a process of its own: this
+    checkout importable, and Ray's uv-run runtime env off (as ``raytune_suite`` sets it)."""
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(
+        p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p),
+        RAY_ENABLE_UV_RUN_RUNTIME_ENV="0")
+
+
 def utc_now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 

@@ -117,14 +117,8 @@ class Run:
     results: int
 
 
-def env() -> dict:
-    return dict(os.environ, PYTHONPATH=os.pathsep.join(
-        p for p in (str(_common.REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p),
-        RAY_ENABLE_UV_RUN_RUNTIME_ENV="0")
-
-
 def _launch(cmd: list[str], cwd: str) -> tuple[subprocess.Popen, float]:
-    return subprocess.Popen(cmd, cwd=cwd, env=env(), stdout=subprocess.PIPE,
+    return subprocess.Popen(cmd, cwd=cwd, env=_common.child_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True), time.monotonic()
 
 

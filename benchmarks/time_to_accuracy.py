@@ -138,6 +138,7 @@ SIDES = (GRID, RAW, OPTUNA, SUITE)
 VARIANTS = {"suite, Optuna TPE + ASHA": "optuna", "suite, random + ASHA": "random"}
 EVERY_SIDE = SIDES + tuple(VARIANTS)
 PEERS = {RAW: "raw-ray", OPTUNA: "optuna"}  # sides run by this script in a process of their own
+EVENT = "P2-EVENT "  # a peer process's lines for this script
 GRID_VALUES = {"lr": [1e-4, 1e-3, 1e-2], "batch_size": [32, 64, 128],
                "weight_decay": [1e-5, 1e-4, 1e-3], "dropout": [0.0, 0.25, 0.5],
                "optimizer": ["sgd", "adam"]}
@@ -164,7 +165,6 @@ def easy_file(file: dict) -> dict:
     file["search"]["num_samples"] = 27
     file["scheduler"]["max_t"] = EASY_CONFIG["epochs"]
     return file
-EVENT = "P2-EVENT "  # a peer process's lines for this script
 
 
 @dataclasses.dataclass(frozen=True)
@@ -276,7 +276,7 @@ def run_suite_side(side: str, seed: int, args: argparse.Namespace, storage: str,
     print(f"\n=== {tag}: {side}", flush=True)
     watcher = _common.ResultWatcher("", folder=folder)
     watcher.start()  # its clock starts here, with the launch
-    proc = subprocess.run(cmd, cwd=storage, env=_env(), stdout=subprocess.PIPE,
+    proc = subprocess.run(cmd, cwd=storage, env=_common.child_env(), stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True, timeout=3600)
     seconds = time.monotonic() - watcher.t0
     seen = watcher.stop()
@@ -291,11 +291,6 @@ def run_suite_side(side: str, seed: int, args: argparse.Namespace, storage: str,
     return Run(side, seed, seconds, Timeline(points), trials, errors, expected)
 
 
-def _env() -> dict:
-    return dict(os.environ, PYTHONPATH=os.pathsep.join(
-        p for p in (str(_common.REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p))
-
-
 # --------------------------------------------------------------- the peers' processes
 
 
@@ -307,7 +302,7 @@ def run_peer(side: str, seed: int, args: argparse.Namespace, folder: str, tag: s
            "--storage", folder, "--name", name, "--case", args.case, "--target", str(args.target)]
     print(f"\n=== {tag}: {side}", flush=True)
     launched = time.monotonic()  # monotonic is the machine's clock: the peer's events share it
-    proc = subprocess.run(cmd, cwd=folder, env=_env(), stdout=subprocess.PIPE,
+    proc = subprocess.run(cmd, cwd=folder, env=_common.child_env(), stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True, timeout=3600)
     if proc.returncode != 0:
         raise RuntimeError(f"{side} exited {proc.returncode}:\n{proc.stdout[-4000:]}")
